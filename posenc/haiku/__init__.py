@@ -1,0 +1,32 @@
+"""The Haiku (JAX) backend of posenc (same public names as ``posenc.torch``)."""
+
+from posenc.haiku.cutoff import smooth_cutoff
+from posenc.haiku.encodings import (
+    ENCODINGS,
+    BesselEncoding,
+    GaussianEncoding,
+    HermiteEncoding,
+    LinearEncoding,
+    MLPEncoding,
+    RawEncoding,
+    SmoothCutoff,
+    TableEncoding,
+    make_encoding,
+)
+from posenc.haiku.losses import smoothness_loss, total_smoothness_loss
+
+__all__ = [
+    "ENCODINGS",
+    "BesselEncoding",
+    "GaussianEncoding",
+    "HermiteEncoding",
+    "LinearEncoding",
+    "MLPEncoding",
+    "RawEncoding",
+    "SmoothCutoff",
+    "TableEncoding",
+    "make_encoding",
+    "smooth_cutoff",
+    "smoothness_loss",
+    "total_smoothness_loss",
+]

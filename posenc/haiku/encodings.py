@@ -1,0 +1,280 @@
+"""Positional encodings x -> h(x) in Haiku: the mirror of ``posenc.torch.encodings``.
+
+Same class names, arguments and numbers as the torch backend. Parameters take the dtype of the
+input x (as ``hk.Linear`` does). Checks on x (NaN/inf, the range under ``out_of_range="error"``)
+raise ValueError when x is concrete, e.g. in an un-jitted ``apply``; under ``jax.jit`` values are
+not known at trace time, so offending entries come out as NaN instead of raising: never a
+silently clamped number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from posenc.haiku.cutoff import smooth_cutoff
+from posenc.haiku.spline import check_finite, interpolate, is_concrete
+from posenc.init import initial_tables
+from posenc.spline import (
+    HERMITE_POWER_COEFFS,
+    LINEAR_POWER_COEFFS,
+    check_dim,
+    check_grid,
+    check_policy,
+    out_of_range_message,
+)
+
+
+def _check_input(x: jax.Array) -> None:
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise TypeError(f"x must be a JAX or numpy array, got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
+
+
+def _nan_where(bad: jax.Array, out: jax.Array) -> jax.Array:
+    """Marks rows of ``out`` ``[E, D]`` whose ``bad`` ``[E]`` flag is set as NaN (traced inputs)."""
+    return jnp.where(bad[:, None], jnp.nan, out)
+
+
+def _constant(array: np.ndarray) -> Callable[[tuple[int, ...], Any], jax.Array]:
+    """A Haiku initializer returning a precomputed numpy table."""
+
+    def init(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        if tuple(shape) != array.shape:
+            raise ValueError(f"initial table has shape {array.shape}, parameter wants {tuple(shape)}")
+        return jnp.asarray(array, dtype=dtype)
+
+    return init
+
+
+class TableEncoding(hk.Module):
+    """Shared machinery of the interpolated-table encodings (Hermite and linear)."""
+
+    _coeffs: np.ndarray
+    _offsets: Callable[[int], tuple[int, ...]]
+
+    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, init: str, init_scale: float,
+                 out_of_range: str, name: str | None) -> None:
+        super().__init__(name=name)
+        self.delta = check_grid(n_bin, x_min, x_max)
+        check_dim(dim)
+        check_policy(out_of_range)
+        self.n_bin, self.dim = int(n_bin), int(dim)
+        self.x_min, self.x_max = float(x_min), float(x_max)
+        self.init, self.init_scale, self.out_of_range = init, float(init_scale), out_of_range
+
+    def _initializers(self) -> tuple[hk.initializers.Initializer, hk.initializers.Initializer]:
+        """(values_init, slopes_init): Haiku's RNG for "normal", precomputed tables otherwise."""
+        if self.init == "normal":
+            return hk.initializers.RandomNormal(stddev=self.init_scale), hk.initializers.Constant(0.0)
+        v, s = initial_tables(self.init, self.n_bin, self.dim, self.x_min, self.x_max, scale=self.init_scale)
+        return _constant(v), _constant(s)
+
+    def stacked_table(self, dtype: Any) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x: jax.Array, order: int = 0) -> jax.Array:
+        """Encodes x ``[...]`` (or its order-th x-derivative) as ``[..., dim]``."""
+        _check_input(x)
+        if order < 0:
+            raise ValueError(f"order must be >= 0, got {order}")
+        shape = x.shape
+        flat = jnp.reshape(x, (-1,))  # [E]
+        table = self.stacked_table(flat.dtype)  # parameters are created even for empty x
+        if flat.size == 0:
+            return jnp.zeros((*shape, self.dim), flat.dtype)
+        check_finite(flat)
+        inside = (flat >= self.x_min) & (flat <= self.x_max)  # [E]; False for NaN
+        if self.out_of_range == "error" and is_concrete(flat) and not bool(inside.all()):
+            raise ValueError(out_of_range_message(float(flat.min()), float(flat.max()), self.x_min, self.x_max))
+        x_c = jnp.clip(flat, self.x_min, self.x_max)
+        args = (table, self._offsets(self.n_bin), self._coeffs, self.x_min, self.delta, self.n_bin)
+        out = interpolate(x_c, *args, order)  # [E, D]
+        if self.out_of_range == "extrapolate":
+            if order == 0:
+                ends = interpolate(jnp.asarray([self.x_min, self.x_max], flat.dtype), *args, 1)  # [2, D]
+                end_slope = jnp.where((flat < self.x_min)[:, None], ends[0], ends[1])  # [E, D]
+                out = out + (flat - x_c)[:, None] * end_slope
+            elif order >= 2:
+                out = jnp.where(inside[:, None], out, 0.0)
+        if self.out_of_range == "error":
+            out = _nan_where(~inside, out)  # only reachable under tracing
+        else:
+            out = _nan_where(~jnp.isfinite(flat), out)
+        return jnp.reshape(out, (*shape, self.dim))
+
+
+class HermiteEncoding(TableEncoding):
+    """The paper's learned encoding: cubic Hermite interpolation of learned values and slopes.
+
+    See ``posenc.torch.HermiteEncoding`` for the formula and arguments; parameters ``values`` and
+    ``slopes`` are ``[n_bin, dim]`` and slopes are dh/dx in units of h per unit of x.
+
+    Example:
+      >>> import haiku as hk, jax.numpy as jnp
+      >>> from posenc.haiku import HermiteEncoding
+      >>> f = hk.without_apply_rng(hk.transform(lambda x: HermiteEncoding(64, 32, 0.0, 5.0)(x)))
+      >>> params = f.init(None, jnp.zeros(3))
+      >>> f.apply(params, jnp.array([0.9, 1.4, 4.9])).shape
+      (3, 32)
+    """
+
+    _coeffs = HERMITE_POWER_COEFFS
+
+    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
+                 init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
+        super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
+
+    @staticmethod
+    def _offsets(n_bin: int) -> tuple[int, ...]:
+        return (0, 1, n_bin, n_bin + 1)  # h_i, h_{i+1}, delta g_i, delta g_{i+1}
+
+    def stacked_table(self, dtype: Any) -> jax.Array:
+        """``[2 n_bin, dim]``: the values, then the slopes scaled by delta."""
+        v_init, s_init = self._initializers()
+        values = hk.get_parameter("values", [self.n_bin, self.dim], dtype, init=v_init)  # [n_bin, D]
+        slopes = hk.get_parameter("slopes", [self.n_bin, self.dim], dtype, init=s_init)  # [n_bin, D]
+        return jnp.concatenate([values, slopes * self.delta], axis=0)
+
+
+class LinearEncoding(TableEncoding):
+    """The paper's C0 variant: linear interpolation of learned values (parameter ``values`` only)."""
+
+    _coeffs = LINEAR_POWER_COEFFS
+
+    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
+                 init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
+        super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
+
+    @staticmethod
+    def _offsets(n_bin: int) -> tuple[int, ...]:
+        return (0, 1)
+
+    def stacked_table(self, dtype: Any) -> jax.Array:
+        v_init, _ = self._initializers()
+        return hk.get_parameter("values", [self.n_bin, self.dim], dtype, init=v_init)  # [n_bin, D]
+
+
+class RawEncoding(hk.Module):
+    """The backbone's own scalar ``(scale * x) ** power`` as a 1-vector (EGNN uses power=2)."""
+
+    def __init__(self, scale: float = 1.0, power: int = 1, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if power not in (1, 2):
+            raise ValueError(f"power must be 1 or 2, got {power}")
+        self.scale, self.power, self.dim = float(scale), int(power), 1
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[...]`` -> ``[..., 1]``."""
+        _check_input(x)
+        check_finite(x)
+        return ((self.scale * x) ** self.power)[..., None]
+
+
+class MLPEncoding(hk.Module):
+    """The paper's "+MLP" baseline: a 2-layer ReLU MLP of the scalar x."""
+
+    def __init__(self, dim: int, hidden: int = 64, name: str | None = None) -> None:
+        super().__init__(name=name)
+        check_dim(dim)
+        self.dim, self.hidden = int(dim), int(hidden)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[...]`` -> ``[..., dim]``."""
+        _check_input(x)
+        check_finite(x)
+        h = jax.nn.relu(hk.Linear(self.hidden, name="linear_0")(x[..., None]))  # [..., hidden]
+        return hk.Linear(self.dim, name="linear_1")(h)
+
+
+class GaussianEncoding(hk.Module):
+    """Gaussian radial basis ``exp(-gamma (x - mu_k)^2)``; see ``posenc.torch.GaussianEncoding``."""
+
+    def __init__(self, n_centres: int, x_min: float, x_max: float, gamma: float | None = None, *,
+                 trainable: bool = False, name: str | None = None) -> None:
+        super().__init__(name=name)
+        spacing = check_grid(n_centres, x_min, x_max)
+        gamma = 0.1 / spacing**2 if gamma is None else float(gamma)
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.dim, self.x_min, self.x_max, self.gamma0, self.trainable = int(n_centres), x_min, x_max, gamma, trainable
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[...]`` -> ``[..., n_centres]``."""
+        _check_input(x)
+        check_finite(x)
+        mu0 = np.linspace(self.x_min, self.x_max, self.dim)
+        if self.trainable:
+            mu = hk.get_parameter("centres", [self.dim], x.dtype, init=_constant(mu0))
+            gamma = hk.get_parameter("gamma", [], x.dtype, init=_constant(np.asarray(self.gamma0)))
+        else:
+            mu, gamma = jnp.asarray(mu0, x.dtype), jnp.asarray(self.gamma0, x.dtype)
+        return jnp.exp(-gamma * (x[..., None] - mu) ** 2)
+
+
+class BesselEncoding(hk.Module):
+    """DimeNet's radial Bessel basis with its polynomial envelope; see ``posenc.torch.BesselEncoding``."""
+
+    def __init__(self, n_basis: int, cutoff: float, envelope_exponent: int = 5, *, trainable: bool = False,
+                 name: str | None = None) -> None:
+        super().__init__(name=name)
+        check_dim(n_basis)
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be > 0, got {cutoff}")
+        self.dim, self.cutoff, self.p, self.trainable = int(n_basis), float(cutoff), int(envelope_exponent) + 1, trainable
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[...]`` -> ``[..., n_basis]``."""
+        _check_input(x)
+        check_finite(x)
+        if is_concrete(x) and x.size and bool((x < 0).any()):
+            raise ValueError(f"BesselEncoding needs x >= 0, got min {float(x.min())}")
+        freq0 = np.arange(1, self.dim + 1, dtype=np.float64)
+        freq = (hk.get_parameter("freq", [self.dim], x.dtype, init=_constant(freq0)) if self.trainable
+                else jnp.asarray(freq0, x.dtype))
+        c = self.cutoff
+        s = x[..., None] / c  # [..., 1]
+        radial = math.sqrt(2.0 / c) * (freq * math.pi / c) * jnp.sinc(freq * s)  # jnp.sinc is normalised
+        out = radial * smooth_cutoff(x, c, self.p)[..., None]
+        return jnp.where((x < 0)[..., None], jnp.nan, out)
+
+
+class SmoothCutoff(hk.Module):
+    """Wraps an encoding so it goes smoothly to zero at ``cutoff``: ``u(x/c) * enc(min(x, c))``."""
+
+    def __init__(self, encoding: Callable[[jax.Array], jax.Array], cutoff: float, p: int = 6,
+                 name: str | None = None) -> None:
+        super().__init__(name=name)
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be > 0, got {cutoff}")
+        self.encoding, self.cutoff, self.p = encoding, float(cutoff), int(p)
+        self.dim = getattr(encoding, "dim", None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[...]`` -> ``[..., dim]``."""
+        _check_input(x)
+        check_finite(x)
+        return smooth_cutoff(x, self.cutoff, self.p)[..., None] * self.encoding(jnp.minimum(x, self.cutoff))
+
+
+ENCODINGS: dict[str, Callable[..., hk.Module]] = {
+    "raw": RawEncoding,
+    "mlp": MLPEncoding,
+    "gaussian": GaussianEncoding,
+    "bessel": BesselEncoding,
+    "linear": LinearEncoding,
+    "hermite": HermiteEncoding,
+}
+
+
+def make_encoding(name: str, **kwargs: Any) -> hk.Module:
+    """Builds the encoding registered as ``name`` (one of :data:`ENCODINGS`); call inside ``hk.transform``."""
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown encoding {name!r}; choose one of {sorted(ENCODINGS)}")
+    return ENCODINGS[name](**kwargs)
