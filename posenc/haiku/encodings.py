@@ -183,14 +183,16 @@ class MLPEncoding(hk.Module):
     def __init__(self, dim: int, hidden: int = 64, name: str | None = None) -> None:
         super().__init__(name=name)
         check_dim(dim)
-        self.dim, self.hidden = int(dim), int(hidden)
+        self.dim = int(dim)
+        # built here, not in __call__, so Haiku names them "<name>/~/linear_k" (posenc.convert's rule)
+        self.linear_0 = hk.Linear(int(hidden), name="linear_0")
+        self.linear_1 = hk.Linear(self.dim, name="linear_1")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``[...]`` -> ``[..., dim]``."""
         _check_input(x)
         check_finite(x)
-        h = jax.nn.relu(hk.Linear(self.hidden, name="linear_0")(x[..., None]))  # [..., hidden]
-        return hk.Linear(self.dim, name="linear_1")(h)
+        return self.linear_1(jax.nn.relu(self.linear_0(x[..., None])))  # [..., hidden] -> [..., dim]
 
 
 class GaussianEncoding(hk.Module):

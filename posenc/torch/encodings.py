@@ -115,7 +115,8 @@ class TableEncoding(nn.Module):
         """x itself (checked) under "error"; x clamped into range under "clamp"/"extrapolate"."""
         if self.out_of_range == "error":
             if bool(((x < self.x_min) | (x > self.x_max)).any()):
-                raise ValueError(out_of_range_message(float(x.min()), float(x.max()), self.x_min, self.x_max))
+                xd = x.detach()
+                raise ValueError(out_of_range_message(float(xd.min()), float(xd.max()), self.x_min, self.x_max))
             return x
         return x.clamp(self.x_min, self.x_max)
 

@@ -1,0 +1,130 @@
+"""EGNN with a pluggable distance encoding in Haiku: the mirror of ``posenc.torch.models.egnn``.
+
+Same layers, names and numbers as the torch model (see its docstring for the equations), on the
+padded graphs of ``posenc.data.batching.collate_jax``: padding edges carry no message, padding
+atoms belong to no molecule. The top module is called ``"egnn"``, so
+``posenc.convert.torch_to_haiku(torch_egnn, "egnn")`` gives parameters for this model; the torch
+model's output statistics (buffers, not parameters) are passed as ``stats``
+(:func:`stats_from_torch`).
+
+Example:
+  >>> import haiku as hk
+  >>> forward = hk.without_apply_rng(hk.transform(lambda g: EGNN(2, 16, "hermite")(g)))
+  >>> # params = forward.init(None, graph); energies = forward.apply(params, graph)  # [M_pad, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from posenc.haiku.models.common import (
+    MLP,
+    N_SPECIES,
+    AtomEmbedding,
+    EnergyHead,
+    build_distance_encoding,
+    check_graph,
+    edge_geometry,
+)
+
+
+class EGNNLayer(hk.Module):
+    """One EGNN layer (the mirror of ``posenc.torch.models.egnn.EGNNLayer``).
+
+    Args:
+      hidden: width H of the atom features.
+      encoding: ``(name, kwargs, x_max)`` of this layer's own encoding (the submodule
+        ``encoding``), or None when the model passes a shared one to ``__call__``.
+      enc_dim: output size of the shared encoding (only with ``encoding=None``).
+      update_coords: also update the positions.
+      name: module name (``layers_{i}``).
+    """
+
+    def __init__(self, hidden: int, encoding: tuple[str, dict[str, Any] | None, float] | None,
+                 enc_dim: int | None = None, *, update_coords: bool = False, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if encoding is not None:
+            enc_name, kwargs, x_max = encoding
+            self.encoding = build_distance_encoding(enc_name, x_max, kwargs)
+            enc_dim = self.encoding.dim
+        elif enc_dim is None:
+            raise ValueError("a layer without its own encoding needs enc_dim (the shared encoding's size)")
+        self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True, name="edge_mlp")
+        self.node_mlp = MLP([2 * hidden, hidden, hidden], name="node_mlp")
+        self.update_coords = update_coords
+        if update_coords:
+            # EGNN's small last layer (xavier uniform, gain 0.001): coordinate steps start tiny
+            tiny = hk.initializers.VarianceScaling(0.001**2, "fan_avg", "uniform")
+            self.coord_mlp = MLP([hidden, hidden, 1], last_w_init=tiny, name="coord_mlp")
+
+    def __call__(self, h: jax.Array, pos: jax.Array, edge_index: jax.Array, edge_mask: jax.Array,
+                 shared: hk.Module | None = None) -> tuple[jax.Array, jax.Array]:
+        """``h`` ``[A, H]``, ``pos`` ``[A, 3]`` -> updated ``(h, pos)``."""
+        j, i = edge_index[0], edge_index[1]
+        n_atoms = h.shape[0]
+        mask = edge_mask[:, None].astype(h.dtype)  # [E, 1]
+        vec, dist = edge_geometry(pos, edge_index, edge_mask)  # [E, 3], [E]
+        enc = (shared if shared is not None else self.encoding)(dist)  # [E, D]
+        m = self.edge_mlp(jnp.concatenate([h[i], h[j], enc], axis=-1)) * mask  # [E, H]
+        agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
+        h = h + self.node_mlp(jnp.concatenate([h, agg], axis=-1))
+        if self.update_coords:
+            deg = jnp.maximum(jax.ops.segment_sum(mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
+            step = jax.ops.segment_sum(vec * self.coord_mlp(m) * mask, i, num_segments=n_atoms)  # [A, 3]
+            pos = pos + step / deg[:, None]
+        return h, pos
+
+
+class EGNN(hk.Module):
+    """EGNN energy / property model (the mirror of ``posenc.torch.models.egnn.EGNN``).
+
+    Args:
+      n_layers, hidden, encoding, encoding_kwargs, x_max, share_encoding, update_coords,
+        n_outputs, n_species: as in the torch model.
+      stats: the output statistics ``{"scale", "atom_ref", "mol_shift"}`` (see
+        ``posenc.haiku.models.common.OutputStats``); None for the untrained defaults.
+      name: module name (keep ``"egnn"`` to convert torch weights).
+
+    Call: ``model(graph) -> [M_pad, T]`` on a ``collate_jax`` graph; rows of padding molecules
+    are meaningless (mask them with ``graph["mol_mask"]``).
+    """
+
+    def __init__(self, n_layers: int = 4, hidden: int = 64, encoding: str = "raw",
+                 encoding_kwargs: dict[str, Any] | None = None, *, x_max: float = 5.0,
+                 share_encoding: bool = False, update_coords: bool = False, n_outputs: int = 1,
+                 n_species: int = N_SPECIES, stats: Mapping[str, np.ndarray] | None = None,
+                 name: str | None = "egnn") -> None:
+        super().__init__(name=name)
+        if n_layers < 1 or hidden < 1:
+            raise ValueError(f"n_layers and hidden must be >= 1, got {n_layers} and {hidden}")
+        self.n_species = n_species
+        spec = (encoding, encoding_kwargs, x_max)
+        self.embedding = AtomEmbedding(hidden, n_species, name="embedding")
+        self.encoding = build_distance_encoding(encoding, x_max, encoding_kwargs) if share_encoding else None
+        enc_dim = self.encoding.dim if share_encoding else None
+        self.layers = [EGNNLayer(hidden, None if share_encoding else spec, enc_dim, update_coords=update_coords,
+                                 name=f"layers_{k}") for k in range(n_layers)]
+        self.head = EnergyHead(hidden, n_outputs, stats, n_species, name="head")
+
+    def __call__(self, graph: Mapping[str, jax.Array]) -> jax.Array:
+        """Per-molecule outputs ``[M_pad, T]``."""
+        check_graph(graph, self.n_species)
+        pos = graph["pos"]
+        h = self.embedding(graph["z"], pos.dtype)  # [A, H]
+        for layer in self.layers:
+            h, pos = layer(h, pos, graph["edge_index"], graph["edge_mask"], self.encoding)
+        n_molecules = graph["mol_mask"].shape[0]
+        return self.head(h, graph["z"], graph["batch"], n_molecules)
+
+
+def stats_from_torch(model: Any) -> dict[str, np.ndarray]:
+    """The output statistics of a torch backbone (its ``OutputStats`` buffers) as numpy arrays."""
+    from posenc.torch.models.common import OutputStats
+
+    (stats,) = [m for m in model.modules() if isinstance(m, OutputStats)]
+    return {name: getattr(stats, name).detach().cpu().numpy() for name in ("scale", "atom_ref", "mol_shift")}
