@@ -153,6 +153,13 @@ def test_clamp_policy():
     out = enc(x)
     torch.testing.assert_close(out[0], enc.values[0].detach(), rtol=0, atol=1e-12)
     torch.testing.assert_close(out[3], enc.values[-1].detach(), rtol=0, atol=1e-12)
+    # constant beyond the ends: every derivative is zero there, by order= and by autograd
+    for k in (1, 2):
+        d = enc(x, order=k)
+        assert d[[0, 3]].abs().max() == 0 and d[[1, 2]].abs().max() > 0
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(enc(xg)[:, 0].sum(), xg)
+    assert g[0] == 0 and g[3] == 0
 
 
 def test_extrapolate_policy_is_linear_and_c1():

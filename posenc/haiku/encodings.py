@@ -103,6 +103,8 @@ class TableEncoding(hk.Module):
                 out = out + (flat - x_c)[:, None] * end_slope
             elif order >= 2:
                 out = jnp.where(inside[:, None], out, 0.0)
+        elif self.out_of_range == "clamp" and order >= 1:
+            out = jnp.where(inside[:, None], out, 0.0)  # h is constant beyond the ends
         if self.out_of_range == "error":
             out = _nan_where(~inside, out)  # only reachable under tracing
         else:

@@ -109,7 +109,15 @@ class TableEncoding(nn.Module):
         out = interpolate(x_c, *args, order)  # [E, D]
         if self.out_of_range == "extrapolate":
             out = self._extend(flat, x_c, out, args, order)
+        elif self.out_of_range == "clamp" and order >= 1:
+            out = self._zero_outside(flat, x_c, out)  # h is constant beyond the ends
         return out.reshape(*shape, self.dim)
+
+    @staticmethod
+    def _zero_outside(x: torch.Tensor, x_c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` with the rows of points outside the range (where ``x != x_c``) set to zero."""
+        outside = (x != x_c).nonzero().squeeze(-1)  # [M]
+        return out if outside.numel() == 0 else out.index_fill(0, outside, 0.0)
 
     def _apply_policy(self, x: torch.Tensor) -> torch.Tensor:
         """x itself (checked) under "error"; x clamped into range under "clamp"/"extrapolate"."""
@@ -126,11 +134,12 @@ class TableEncoding(nn.Module):
         Only the (usually few) outside points are touched. Written so that autograd through the
         order-0 result gives the extension's derivatives too.
         """
-        outside = (x != x_c).nonzero().squeeze(-1)  # [M]
-        if outside.numel() == 0 or order >= 2:
-            # order >= 2 outside: the extension is linear, so those derivatives are zero
-            return out if outside.numel() == 0 else out.index_fill(0, outside, 0.0)
+        if order >= 2:  # the extension is linear, so those derivatives are zero outside
+            return self._zero_outside(x, x_c, out)
         if order == 1:  # the end slope is exactly what interpolate(x_c, 1) returns there
+            return out
+        outside = (x != x_c).nonzero().squeeze(-1)  # [M]
+        if outside.numel() == 0:
             return out
         end_slope = interpolate(x_c[outside], *args, 1)  # [M, D]
         step = (x[outside] - x_c[outside])[:, None]  # [M, 1]

@@ -66,6 +66,23 @@ def basis_weights(t: torch.Tensor, coeffs: np.ndarray, order: int, delta: float)
     return torch.stack(powers, dim=-1) @ c  # [E, B]
 
 
+def _table_grad(x, n_rows, offsets, coeffs, x_min, delta, n_bin, order, grad_out) -> torch.Tensor:
+    """``[R, D]`` gradient of the table: ``W^T grad_out`` with W the ``[E, R]`` matrix of weights.
+
+    W has B non-zeros per row, so this is a sparse-dense product. Measured on CPU, a COO
+    ``torch.sparse.mm`` is ~10x faster than ``index_add`` of the ``[E*B, D]`` outer products (which
+    serialises on the few, heavily shared rows), and it is differentiable w.r.t. both the weights
+    (hence x) and ``grad_out``, which keeps this backward differentiable.
+    """
+    idx, t = locate(x, x_min, delta, n_bin)
+    w = basis_weights(t, coeffs, order, delta)  # [E, B]
+    rows = (idx[:, None] + offsets).flatten()  # [E*B]
+    cols = torch.arange(x.shape[0], device=x.device).repeat_interleave(offsets.numel())  # [E*B]
+    w_t = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.flatten(), (n_rows, x.shape[0]),
+                                  check_invariants=False)  # [R, E], indices valid by construction
+    return torch.sparse.mm(w_t, grad_out)
+
+
 class _Interpolate(torch.autograd.Function):
     """``out[e] = sum_b w_b^(order)(t_e) * table[idx_e + offsets[b]]`` with a differentiable backward."""
 
@@ -95,11 +112,7 @@ class _Interpolate(torch.autograd.Function):
             deriv = interpolate(x, table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
             grad_x = (grad_out * deriv).sum(-1)  # [E]
         if ctx.needs_input_grad[1]:
-            idx, t = locate(x, x_min, delta, n_bin)
-            w = basis_weights(t, coeffs_all[order], order, delta)  # [E, B]
-            rows = (idx[:, None] + offsets).flatten()  # [E*B]
-            contrib = (w[:, :, None] * grad_out[:, None, :]).flatten(0, 1)  # [E*B, D]
-            grad_table = torch.zeros_like(table).index_add(0, rows, contrib)
+            grad_table = _table_grad(x, table.shape[0], offsets, coeffs_all[order], x_min, delta, n_bin, order, grad_out)
         return grad_x, grad_table, None, None, None, None, None, None
 
 
