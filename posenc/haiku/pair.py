@@ -42,7 +42,7 @@ class PairEnergy(hk.Module):
       n_layers: number of hidden SiLU layers (>= 1); ``layers_{n_layers}`` is the output layer.
       name: module name (default ``"pair_energy"``).
 
-    Parameters: ``layers_k/{w, b}``, the encoding's, and the frozen scalars ``shift`` and
+    Parameters: ``layers_k/{w, b}``, the encoding's, and the frozen ``[1]`` arrays ``shift`` and
     ``scale`` (wrapped in ``stop_gradient``: :func:`fit` sets them from data, the optimiser
     never moves them).
     """
@@ -64,9 +64,9 @@ class PairEnergy(hk.Module):
         for layer in self.layers[:-1]:
             h = jax.nn.silu(layer(h))  # [..., hidden]
         out = self.layers[-1](h)[..., 0]  # [...]
-        shift = hk.get_parameter("shift", [], r.dtype, init=hk.initializers.Constant(0.0))
-        scale = hk.get_parameter("scale", [], r.dtype, init=hk.initializers.Constant(1.0))
-        return jax.lax.stop_gradient(shift) + jax.lax.stop_gradient(scale) * out
+        shift = hk.get_parameter("shift", [1], r.dtype, init=hk.initializers.Constant(0.0))
+        scale = hk.get_parameter("scale", [1], r.dtype, init=hk.initializers.Constant(1.0))
+        return jax.lax.stop_gradient(shift[0]) + jax.lax.stop_gradient(scale[0]) * out
 
 
 def intra_pairs(n_atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +160,8 @@ def set_normalisation(params: hk.Params, shift: float, scale: float) -> hk.Param
     for path, entries in params.items():
         entries = dict(entries)
         if "shift" in entries:
-            entries["shift"] = jnp.asarray(shift, dtype=jnp.asarray(entries["shift"]).dtype)
-            entries["scale"] = jnp.asarray(scale, dtype=jnp.asarray(entries["scale"]).dtype)
+            entries["shift"] = np.full((1,), shift, dtype=np.asarray(entries["shift"]).dtype)
+            entries["scale"] = np.full((1,), scale, dtype=np.asarray(entries["scale"]).dtype)
         out[path] = entries
     return out
 
@@ -218,11 +218,10 @@ def evaluate(model: hk.Transformed, params: hk.Params, data: PairCurve | Molecul
     e_err, f_err, n_f = 0.0, 0.0, 0
     for start in range(0, n, batch_size):
         batch = _batch(data, np.arange(start, min(n, start + batch_size)), dtype)
-        energy, force = predict(params, batch)
-        n_real = int(batch["atom_mask"].sum()) if clusters else force.shape[0]
-        e_err += float(jnp.abs(energy - batch["energy"]).sum())
-        f_err += float(jnp.abs(force - batch["force"])[:n_real].sum())
-        n_f += batch["force"][:n_real].size
+        energy, force = (np.asarray(a) for a in predict(params, batch))
+        e_err += float(np.abs(energy - batch["energy"]).sum())
+        f_err += float(np.abs(force - batch["force"]).sum())
+        n_f += batch["force"].size
     return e_err / n, f_err / n_f
 
 
@@ -266,7 +265,7 @@ def fit(
     dtype = _param_dtype(params)
     schedule = optax.cosine_decay_schedule(lr, steps) if cosine else lr
     optimizer = optax.adam(schedule)
-    opt_state = optimizer.init(params)
+    opt_state = jax.jit(optimizer.init)(params)
     predict = _predictor(model.apply, clusters)
 
     def loss_fn(params, batch):
