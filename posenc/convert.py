@@ -67,7 +67,8 @@ def haiku_to_torch(params: dict, module: nn.Module, name: str) -> nn.Module:
             arr = arr.T if transpose else arr
             if arr.shape != tuple(p.shape):
                 raise ValueError(f"{path}/{p_name}: Haiku shape {arr.shape} != torch shape {tuple(p.shape)}")
-            p.copy_(torch.as_tensor(np.ascontiguousarray(arr), dtype=p.dtype))
+            # np.array(copy=True): JAX hands out read-only views, and 0-d arrays must stay 0-d
+            p.copy_(torch.from_numpy(np.array(arr, copy=True)).to(p.dtype).reshape(p.shape))
             seen.add((path, p_name))
     extra = sorted(f"{m}/{k}" for m, d in params.items() for k in d if (m, k) not in seen)
     if extra:

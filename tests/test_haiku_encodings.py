@@ -168,5 +168,13 @@ def test_baselines_agree_with_torch(x64):
         ref = t_enc(torch.as_tensor(x)).detach().numpy()
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10, err_msg=type(t_enc).__name__)
     assert set(ph.ENCODINGS) == set(pt.ENCODINGS)
+
+
+def test_conversion_keeps_scalar_parameters():
+    t_enc = pt.GaussianEncoding(5, 0.0, 4.0, trainable=True, dtype=F64)  # gamma is a 0-d parameter
+    params = torch_to_haiku(t_enc, "gaussian_encoding")
+    params["gaussian_encoding"]["gamma"] = jnp.asarray(3.0)  # a read-only JAX array, 0-d
+    haiku_to_torch(params, t_enc, "gaussian_encoding")
+    assert t_enc.gamma.shape == () and float(t_enc.gamma) == 3.0
     with pytest.raises(ValueError, match="unknown encoding"):
         ph.make_encoding("fourier")

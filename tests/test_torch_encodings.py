@@ -129,6 +129,28 @@ def test_third_order_derivative_through_autograd():
     assert gv.abs().sum() > 0 and gs.abs().sum() > 0
 
 
+def test_third_order_through_the_table_gradient():
+    # a loss on the table gradient (as in force training's second pass), differentiated w.r.t. x:
+    # compare the analytic third-order path with central differences of the second-order one
+    enc = random_hermite(n_bin=6, dim=3)
+    x0 = torch.tensor([0.7, 2.05, 3.5], dtype=F64)  # centres are 0.5 + 0.7k: stay off them (C1, not C2)
+
+    def table_grad_loss(x):
+        x = x.clone().requires_grad_(True)
+        (g1,) = torch.autograd.grad(enc(x).pow(2).sum(), x, create_graph=True)
+        (gv,) = torch.autograd.grad((g1**2).sum(), enc.values, create_graph=True)
+        return (gv**2).sum(), x
+
+    loss, x = table_grad_loss(x0)
+    (analytic,) = torch.autograd.grad(loss, x)
+    eps = 1e-6
+    for i in range(3):
+        step = torch.zeros(3, dtype=F64)
+        step[i] = eps
+        fd = (table_grad_loss(x0 + step)[0] - table_grad_loss(x0 - step)[0]) / (2 * eps)
+        assert float(analytic[i]) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+
+
 def test_shapes_any_input_shape():
     enc = HermiteEncoding(16, 4, 0.0, 1.0)
     assert enc(torch.rand(2, 3, 5)).shape == (2, 3, 5, 4)

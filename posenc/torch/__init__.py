@@ -14,6 +14,10 @@ from posenc.torch.encodings import (
     make_encoding,
 )
 from posenc.torch.losses import smoothness_loss, total_smoothness_loss
+from posenc.torch import triton_kernel as _triton_kernel
+
+# Fused Triton kernels on CUDA tensors when available (POSENC_KERNEL=auto|torch|triton).
+_triton_kernel.configure()
 
 __all__ = [
     "ENCODINGS",

@@ -11,8 +11,9 @@ so it lives inside :class:`_Interpolate`, whose backward is written with differe
 calls :class:`_Interpolate` again at ``order + 1`` for d/dx. Any derivative order (forces need
 two: the force is d/dx inside a loss that is differentiated again) therefore works.
 
-On CUDA tensors the forward uses the fused Triton kernel when it is installed
-(``posenc.torch.triton_kernel``); this module's path is the reference and the fallback.
+On CUDA tensors :func:`interpolate` hands the whole operation, forward and every backward, to
+the fused Triton kernels when they are enabled (``posenc.torch.triton_kernel``); this module's
+path is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import torch.nn.functional as F
 
 from posenc.spline import derivative_coeffs
 
-# Set by posenc.torch.triton_kernel: a function (x, table, offsets, coeffs, x_min, delta, n_bin) -> out
-# used instead of embedding_bag on CUDA when enabled. None means the plain-torch path only.
-_FUSED_FORWARD: Optional[Callable[..., torch.Tensor]] = None
+# Set by posenc.torch.triton_kernel: a drop-in for interpolate() (same arguments, differentiable
+# to every order) used for CUDA tensors when enabled. None means the plain-torch path only.
+_FUSED_INTERPOLATE: Optional[Callable[..., torch.Tensor]] = None
 
 
-def set_fused_forward(fn: Optional[Callable[..., torch.Tensor]]) -> None:
-    """Registers (or removes, with None) an accelerated forward kernel used on CUDA tensors."""
-    global _FUSED_FORWARD
-    _FUSED_FORWARD = fn
+def set_fused_interpolate(fn: Optional[Callable[..., torch.Tensor]]) -> None:
+    """Registers (or removes, with None) an accelerated :func:`interpolate` used for CUDA tensors."""
+    global _FUSED_INTERPOLATE
+    _FUSED_INTERPOLATE = fn
 
 
 def locate(x: torch.Tensor, x_min: float, delta: float, n_bin: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,21 +67,40 @@ def basis_weights(t: torch.Tensor, coeffs: np.ndarray, order: int, delta: float)
     return torch.stack(powers, dim=-1) @ c  # [E, B]
 
 
-def _table_grad(x, n_rows, offsets, coeffs, x_min, delta, n_bin, order, grad_out) -> torch.Tensor:
+class _TableGrad(torch.autograd.Function):
     """``[R, D]`` gradient of the table: ``W^T grad_out`` with W the ``[E, R]`` matrix of weights.
 
     W has B non-zeros per row, so this is a sparse-dense product. Measured on CPU, a COO
     ``torch.sparse.mm`` is ~10x faster than ``index_add`` of the ``[E*B, D]`` outer products (which
-    serialises on the few, heavily shared rows), and it is differentiable w.r.t. both the weights
-    (hence x) and ``grad_out``, which keeps this backward differentiable.
+    serialises on the few, heavily shared rows). ``torch.sparse.mm``'s gradient w.r.t. the sparse
+    values carries no graph, so it runs inside this Function, whose backward is written with
+    :func:`interpolate` (differentiable to every order): d/d grad_out is the order-k interpolant
+    of the incoming ``[R, D]`` gradient, d/dx its order-(k+1) interpolant dotted with grad_out.
     """
-    idx, t = locate(x, x_min, delta, n_bin)
-    w = basis_weights(t, coeffs, order, delta)  # [E, B]
-    rows = (idx[:, None] + offsets).flatten()  # [E*B]
-    cols = torch.arange(x.shape[0], device=x.device).repeat_interleave(offsets.numel())  # [E*B]
-    w_t = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.flatten(), (n_rows, x.shape[0]),
-                                  check_invariants=False)  # [R, E], indices valid by construction
-    return torch.sparse.mm(w_t, grad_out)
+
+    @staticmethod
+    def forward(ctx, x, grad_out, n_rows, offsets, coeffs_all, x_min, delta, n_bin, order):  # type: ignore[override]
+        ctx.save_for_backward(x, grad_out, offsets)
+        ctx.consts = (coeffs_all, x_min, delta, n_bin, order)
+        idx, t = locate(x, x_min, delta, n_bin)
+        w = basis_weights(t, coeffs_all[order], order, delta)  # [E, B]
+        rows = (idx[:, None] + offsets).flatten()  # [E*B]
+        cols = torch.arange(x.shape[0], device=x.device).repeat_interleave(offsets.numel())  # [E*B]
+        w_t = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.flatten(), (n_rows, x.shape[0]),
+                                      check_invariants=False)  # [R, E], indices valid by construction
+        return torch.sparse.mm(w_t, grad_out)
+
+    @staticmethod
+    def backward(ctx, grad_table):  # type: ignore[override]
+        x, grad_out, offsets = ctx.saved_tensors
+        coeffs_all, x_min, delta, n_bin, order = ctx.consts
+        grad_x = grad_grad_out = None
+        if ctx.needs_input_grad[0]:
+            deriv = interpolate(x, grad_table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
+            grad_x = (grad_out * deriv).sum(-1)  # [E]
+        if ctx.needs_input_grad[1]:
+            grad_grad_out = interpolate(x, grad_table, offsets, coeffs_all, x_min, delta, n_bin, order)  # [E, D]
+        return grad_x, grad_grad_out, None, None, None, None, None, None, None
 
 
 class _Interpolate(torch.autograd.Function):
@@ -94,8 +114,6 @@ class _Interpolate(torch.autograd.Function):
         coeffs = coeffs_all[order]
         if not coeffs.any():  # past the polynomial degree every derivative is zero
             return x.new_zeros(x.shape[0], table.shape[1])
-        if _FUSED_FORWARD is not None and x.is_cuda:
-            return _FUSED_FORWARD(x, table, offsets, coeffs, x_min, delta, n_bin, order)
         idx, t = locate(x, x_min, delta, n_bin)
         w = basis_weights(t, coeffs, order, delta)  # [E, B]
         rows = idx[:, None] + offsets  # [E, B]
@@ -112,7 +130,7 @@ class _Interpolate(torch.autograd.Function):
             deriv = interpolate(x, table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
             grad_x = (grad_out * deriv).sum(-1)  # [E]
         if ctx.needs_input_grad[1]:
-            grad_table = _table_grad(x, table.shape[0], offsets, coeffs_all[order], x_min, delta, n_bin, order, grad_out)
+            grad_table = _TableGrad.apply(x, grad_out, table.shape[0], offsets, coeffs_all, x_min, delta, n_bin, order)
         return grad_x, grad_table, None, None, None, None, None, None
 
 
@@ -140,6 +158,8 @@ def interpolate(
       ``[E, D]`` tensor.
     """
     order = min(order, len(coeffs_all) - 1)  # all-zero beyond the degree
+    if _FUSED_INTERPOLATE is not None and x.is_cuda:
+        return _FUSED_INTERPOLATE(x, table, offsets, coeffs_all, x_min, delta, n_bin, order)
     return _Interpolate.apply(x, table, offsets, coeffs_all, x_min, delta, n_bin, order)
 
 
