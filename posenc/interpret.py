@@ -22,7 +22,7 @@ Definitions (``h_ij`` = dimension j of layer i sampled on a grid of x; l layers,
 * smoothness       = 1 - L_smooth (the training regularizer on the value tables, averaged over
   layers; see :func:`smoothness`)
 * similarity(a, b) = (1/(l s_a s_b)) Σ_i Σ_j Σ_k ρ_Pearson(h^a_ij, h^b_ik)²
-* normalised derivative ĝ(x) = |g(x)| / std(g), with the exact reading in
+* normalised derivative ``ĝ(x) = |g(x)| / std(g)``, with the exact reading in
   :func:`normalised_derivative`; :func:`bin_mean_derivative` gives the same reading of the value
   tables alone, and :func:`derivative_centroid` sums a ĝ profile up in one number.
 
@@ -431,13 +431,13 @@ def smoothness(tables: Any) -> float:
 
 
 def normalised_derivative(g: Any) -> np.ndarray:
-    """ĝ(x) = |g(x)| / std(g), per layer (Section 4.4.1 of the paper).
+    """``ĝ(x) = |g(x)| / std(g)``, per layer (Section 4.4.1 of the paper).
 
     The paper writes abs(g(x)) / std(g(x)) without saying over what. Our reading, chosen so that
     ĝ is free of the units of x and h, does not grow with the embedding size, and stays finite
     for a flat profile:
 
-    * |g_i(x)| is the root mean square over the s dimensions of layer i,
+    * ``|g_i(x)|`` is the root mean square over the s dimensions of layer i,
       sqrt((1/s) Σ_j g_ij(x)²), a length per point;
     * std(g_i) is the standard deviation of all entries g_ij(x) of layer i, over every grid
       point and dimension together (one number per layer).

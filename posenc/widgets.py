@@ -294,7 +294,7 @@ class StaticExplorer(widgets.VBox):
 
     Attributes:
       grid: the :class:`ResultsGrid` shown.
-      lam_slider, n_bin_slider: the two ``SelectionSlider``s (options = the grid values).
+      lam_slider, n_bin_slider: the two ``SelectionSlider`` widgets (options = the grid values).
       outer: the outer ``Stack``; ``inners``: its children; ``images``: ``{(lam, n_bin): Image}``.
       links: the ``jslink`` objects (``1 + len(lambdas)`` of them).
       limits: the shared :class:`PanelLimits` of every image.
@@ -351,7 +351,7 @@ class LiveExplorer(widgets.VBox):
     sliders move but nothing retrains.
 
     Attributes:
-      lam_slider, n_bin_slider, dim_slider: ``SelectionSlider``s over the given values.
+      lam_slider, n_bin_slider, dim_slider: ``SelectionSlider`` widgets over the given values.
       image: the ``Image`` showing the current panels; ``status``: an ``HTML`` line.
       cache: ``{(lam, n_bin, dim): FitView}``.
     """
