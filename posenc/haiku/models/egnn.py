@@ -84,8 +84,8 @@ class EGNN(hk.Module):
     """EGNN energy / property model (the mirror of ``posenc.torch.models.egnn.EGNN``).
 
     Args:
-      n_layers, hidden, encoding, encoding_kwargs, x_max, share_encoding, update_coords,
-        n_outputs, n_species: as in the torch model.
+      n_layers, hidden, encoding, encoding_kwargs, x_max: as in the torch model.
+      share_encoding, update_coords, n_outputs, n_species: as in the torch model.
       stats: the output statistics ``{"scale", "atom_ref", "mol_shift"}`` (see
         ``posenc.haiku.models.common.OutputStats``); None for the untrained defaults.
       name: module name (keep ``"egnn"`` to convert torch weights).

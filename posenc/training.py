@@ -1,0 +1,376 @@
+"""Backend-agnostic pieces of ``posenc train`` (numpy): the config, data, statistics, files.
+
+``posenc.torch.train.train`` and ``posenc.haiku.train.train`` share everything here, so one
+:class:`TrainConfig` drives either backend, both see the same data, statistics and batch order,
+and both write the same files into ``out_dir``:
+
+* ``metrics.csv`` / ``metrics.json``: one row per epoch (rewritten atomically after every epoch);
+* ``last.*`` / ``best.*``: checkpoints (``.pt`` torch, ``.pkl`` Haiku), written atomically;
+* ``result.json``: the config, the best epoch and the test errors in the paper's units;
+* ``encoding_tables.npz``: the learned distance tables (``values_layer{i}``, ``slopes_layer{i}``,
+  ``x_min``, ``x_max``) when the encoding has tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posenc.data.molecules import Molecules
+from posenc.encoding_defaults import distance_encoding_kwargs, distance_range
+
+TASKS = ("md17", "qm9", "synthetic")
+SCHEDULES = ("cosine", "plateau", "none")
+
+#: What ``quick=True`` changes, for every field still at its default: seconds to a couple of
+#: minutes on two CPU cores (tests, notebooks, a first look).
+QUICK_PROFILE: dict[str, Any] = {
+    "n_train": 200, "n_val": 50, "n_test": 200, "epochs": 10, "n_layers": 2, "hidden": 32, "batch_size": 10,
+    "qm9_subset": 2000,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; ``posenc train`` flags have the same names.
+
+    Attributes:
+      dataset: ``md17:<molecule>`` (energy + forces), ``qm9:<target>`` (one property), or
+        ``synthetic:md17`` / ``synthetic:qm9`` (toy Morse clusters from :mod:`posenc.toys`, in reduced
+        units, for tests and offline demos).
+      backbone: ``egnn | transformer | dimenet``.
+      backend: ``torch``, or ``haiku`` (EGNN only).
+      encoding: distance encoding ``raw | mlp | gaussian | bessel | linear | hermite``.
+      n_bin: bins of a table encoding (None: the default, 64).
+      dim: output size of the encoding (tables, mlp, gaussian, bessel; None: the default).
+      x_min, x_max: the encoded range, Angstrom (None: 0 and the longest training distance plus
+        a margin, see :func:`posenc.encoding_defaults.distance_range`).
+      init: table initialisation (None: sinusoidal).
+      encoding_kwargs: any further keyword arguments of the encoding.
+      share_encoding: one encoding for all layers (default: one per layer).
+      update_coords: EGNN's equivariant coordinate updates.
+      n_layers, hidden: backbone depth and width.
+      lam: weight lambda of the smoothness loss (``--lambda``).
+      optimizer: ``adam`` or ``adamw``.
+      lr, weight_decay: learning rate and weight decay.
+      schedule: ``cosine`` (per step to ``min_lr``), ``plateau`` (halve the rate after
+        ``patience`` epochs without a better validation error; torch only) or ``none``.
+      min_lr, patience: of the schedules.
+      epochs: epochs of the whole run (also the cosine horizon).
+      stop_after: stop after this many epochs (a planned interruption: resume later with
+        ``resume=True`` and the same config).
+      batch_size: molecules per batch.
+      energy_weight, force_weight: weights of the two terms of the energy/force loss.
+      loss: ``mse`` or ``l1``, on targets divided by the training scale.
+      grad_clip: clip the gradient norm (None: no clipping).
+      n_train, n_val, n_test: cut each part to its first n molecules (None: all).
+      md17_split, md17_labels: which rMD17 split (1..5) and labels (``md17`` original / ``rmd17``).
+      qm9_split: QM9 split name (``egnn`` or ``dimenet``); qm9_subset: molecules loaded in all (None: all).
+      data_dir: MD17 data directory (None: the loader's default resolution).
+      seed: seeds the model, the data order and the train/validation carving.
+      device, dtype: torch device and float dtype (``float32`` or ``float64``).
+      threads: torch CPU threads (None: leave as is).
+      out_dir: output directory (None: ``runs/<dataset>_<backbone>_<encoding>_lam<lam>_seed<seed>``).
+      resume: continue from ``out_dir/last.*``.
+      quick: apply :data:`QUICK_PROFILE` to the fields left at their defaults.
+      progress: show tqdm bars.
+    """
+
+    dataset: str = "md17:ethanol"
+    backbone: str = "egnn"
+    backend: str = "torch"
+    encoding: str = "hermite"
+    n_bin: int | None = None
+    dim: int | None = None
+    x_min: float | None = None
+    x_max: float | None = None
+    init: str | None = None
+    encoding_kwargs: dict[str, Any] = field(default_factory=dict)
+    share_encoding: bool = False
+    update_coords: bool = False
+    n_layers: int = 4
+    hidden: int = 64
+    lam: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    min_lr: float = 1e-5
+    patience: int = 10
+    epochs: int = 100
+    stop_after: int | None = None
+    batch_size: int = 16
+    energy_weight: float = 0.01
+    force_weight: float = 0.99
+    loss: str = "mse"
+    grad_clip: float | None = 10.0
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    md17_split: int = 1
+    md17_labels: str = "md17"
+    qm9_split: str = "egnn"
+    qm9_subset: int | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None
+    out_dir: str | None = None
+    resume: bool = False
+    quick: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A config from a dict (e.g. a YAML file), rejecting unknown keys by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Fields that may differ between a run and its resumption (the rest must match the checkpoint).
+RESUMABLE_CHANGES = frozenset({"epochs", "stop_after", "resume", "progress", "threads", "device", "out_dir"})
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """A checked copy of ``config`` with the quick profile applied and ``out_dir`` filled in.
+
+    Raises:
+      ValueError: a bad dataset string, backbone, backend, schedule, loss, dtype or size.
+    """
+    values = config.to_dict()
+    if config.quick:
+        defaults = TrainConfig().to_dict()
+        for key, value in QUICK_PROFILE.items():
+            if values[key] == defaults[key]:
+                values[key] = value
+    out = TrainConfig(**values)
+    parse_dataset(out.dataset)
+    checks = [
+        (out.backbone in ("egnn", "transformer", "dimenet"), f"backbone must be egnn|transformer|dimenet, got {out.backbone!r}"),
+        (out.backend in ("torch", "haiku"), f"backend must be torch|haiku, got {out.backend!r}"),
+        (out.backend == "torch" or out.backbone == "egnn", f"the haiku backend has the EGNN only, not {out.backbone!r}"),
+        (out.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {out.schedule!r}"),
+        (out.optimizer in ("adam", "adamw"), f"optimizer must be adam|adamw, got {out.optimizer!r}"),
+        (out.loss in ("mse", "l1"), f"loss must be mse|l1, got {out.loss!r}"),
+        (out.dtype in ("float32", "float64"), f"dtype must be float32|float64, got {out.dtype!r}"),
+        (out.epochs >= 1 and out.batch_size >= 1, "epochs and batch_size must be >= 1"),
+        (out.stop_after is None or out.stop_after >= 1, "stop_after must be >= 1"),
+        (out.lam >= 0, f"lambda must be >= 0, got {out.lam}"),
+        (out.lr > 0, f"lr must be > 0, got {out.lr}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    if out.out_dir is None:
+        tag = out.dataset.replace(":", "-")
+        out.out_dir = str(Path("runs") / f"{tag}_{out.backbone}_{out.encoding}_lam{out.lam:g}_seed{out.seed}")
+    return out
+
+
+def parse_dataset(dataset: str) -> tuple[str, str]:
+    """``"md17:ethanol"`` -> ``("md17", "ethanol")``; raises ValueError on a malformed string."""
+    task, sep, name = dataset.partition(":")
+    if not sep or task not in TASKS or not name:
+        raise ValueError(f"dataset must be md17:<molecule>, qm9:<target> or synthetic:md17|qm9, got {dataset!r}")
+    if task == "synthetic" and name not in ("md17", "qm9"):
+        raise ValueError(f"synthetic dataset is synthetic:md17 (energy + forces) or synthetic:qm9, got {dataset!r}")
+    return task, name
+
+
+def synthetic_data(kind: str, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, Molecules]:
+    """Toy Morse clusters as a stand-in data set (no files needed).
+
+    ``md17``: 6-atom clusters with energies and forces (every cluster the same size, like MD17);
+    ``qm9``: 3 to 7 atoms, the energy as the only target and no forces. Reduced units (sigma, eps).
+    """
+    from posenc.toys import Morse, random_clusters
+
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    n_atoms = 6 if kind == "md17" else (3, 7)
+    data = {}
+    for k, (part, n) in enumerate(sizes.items()):
+        mols = random_clusters(Morse(), n, n_atoms, seed=seed * 3 + k, z=6)
+        if kind == "qm9":
+            mols = dataclasses.replace(mols, forces=None)
+        data[part] = dataclasses.replace(mols, name=f"synthetic:{kind}/{part}")
+    return data
+
+
+def load_data(config: TrainConfig) -> dict[str, Molecules]:
+    """The ``{"train", "val", "test"}`` sets of ``config.dataset``, cut to ``n_train``/``n_val``/``n_test``."""
+    task, name = parse_dataset(config.dataset)
+    if task == "synthetic":
+        n = {"n_train": 64, "n_val": 16, "n_test": 16}
+        n.update({k: getattr(config, k) for k in n if getattr(config, k) is not None})
+        return synthetic_data(name, n["n_train"], n["n_val"], n["n_test"], config.seed)
+    if task == "md17":
+        from posenc.data import load_md17
+
+        kwargs = {k: getattr(config, k) for k in ("n_train", "n_val") if getattr(config, k) is not None}
+        data = load_md17(name, split=config.md17_split, labels=config.md17_labels, data_dir=config.data_dir,
+                         seed=config.seed, progress=config.progress, **kwargs)
+    else:
+        from posenc.data import load_qm9
+
+        data = load_qm9(split=config.qm9_split, targets=name, subset=config.qm9_subset, progress=config.progress)
+    for part, n in (("train", config.n_train), ("val", config.n_val), ("test", config.n_test)):
+        if n is not None and n < len(data[part]):
+            data[part] = data[part].subset(np.arange(n))
+    return data
+
+
+def encoding_overrides(config: TrainConfig) -> dict[str, Any]:
+    """The encoding arguments the config sets (``n_bin``, ``dim``, ``x_min``, ``init``, extras)."""
+    name = config.encoding
+    out: dict[str, Any] = {}
+    if name in ("hermite", "linear"):
+        out.update({k: getattr(config, k) for k in ("n_bin", "dim", "x_min", "init") if getattr(config, k) is not None})
+    elif name == "gaussian":
+        out.update({k: v for k, v in (("n_centres", config.dim), ("x_min", config.x_min)) if v is not None})
+    elif name == "bessel" and config.dim is not None:
+        out["n_basis"] = config.dim
+    elif name == "mlp" and config.dim is not None:
+        out["dim"] = config.dim
+    out.update(config.encoding_kwargs)
+    distance_encoding_kwargs(name, 1.0, out)  # rejects an unknown encoding name early
+    return out
+
+
+def encoding_range(config: TrainConfig, train: Molecules) -> tuple[float, float]:
+    """``(x_min, x_max)`` of the distance encoding: the config's, else from the training data."""
+    lo, hi = distance_range(train)
+    return (lo if config.x_min is None else config.x_min), (hi if config.x_max is None else config.x_max)
+
+
+def output_stats(train: Molecules, n_species: int) -> dict[str, np.ndarray]:
+    """Output statistics of the training set for the model's ``OutputStats``.
+
+    ``atom_ref`` and ``mol_shift``: least squares of the targets on the element counts of each
+    molecule plus a constant (minimum-norm: MD17's fixed composition just spreads the mean
+    energy over the atoms). ``scale``: with forces, their root mean square (energy and forces are
+    then learned in units of the force scale); otherwise the spread of the targets around that fit.
+
+    Returns:
+      ``{"scale": [T], "atom_ref": [n_species, T], "mol_shift": [T]}`` (float64).
+    """
+    if int(train.z.max()) >= n_species:
+        raise ValueError(f"atomic number {int(train.z.max())} exceeds the model's {n_species} species")
+    mol = np.repeat(np.arange(len(train)), train.n_atoms)
+    counts = np.zeros((len(train), n_species))
+    np.add.at(counts, (mol, train.z), 1.0)
+    present = np.flatnonzero(counts.any(0))
+    design = np.concatenate([counts[:, present], np.ones((len(train), 1))], axis=1)  # [M, S + 1]
+    coef = np.linalg.lstsq(design, train.targets, rcond=None)[0]  # [S + 1, T]
+    atom_ref = np.zeros((n_species, train.targets.shape[1]))
+    atom_ref[present] = coef[:-1]
+    if train.forces is not None:
+        scale = np.full(train.targets.shape[1], np.sqrt(np.mean(train.forces**2)))
+    else:
+        scale = (train.targets - design @ coef).std(0)
+    return {"scale": np.where(scale > 0, scale, 1.0), "atom_ref": atom_ref, "mol_shift": coef[-1]}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch: a function of (seed, epoch) only, so resuming repeats it."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics(out_dir: str | os.PathLike, history: list[dict[str, float]]) -> None:
+    """``metrics.csv`` and ``metrics.json`` with one row per finished epoch."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(Path(out_dir) / "metrics.csv", buf.getvalue().encode())
+    atomic_write(Path(out_dir) / "metrics.json", json.dumps(history, indent=1).encode())
+
+
+def save_encoding_tables(path: str | os.PathLike, tables: list[dict[str, np.ndarray]], x_min: float, x_max: float) -> None:
+    """``encoding_tables.npz``: ``values_layer{i}`` (and ``slopes_layer{i}`` for Hermite), ``x_min``, ``x_max``."""
+    arrays: dict[str, np.ndarray] = {"x_min": np.asarray(x_min), "x_max": np.asarray(x_max)}
+    for i, table in enumerate(tables):
+        for key, value in table.items():
+            arrays[f"{key}_layer{i}"] = np.asarray(value)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Raises ValueError if ``config`` differs from the checkpoint's in a field that changes the run."""
+    current = config.to_dict()
+    diff = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if diff:
+        raise ValueError("cannot resume: the config differs from the checkpoint's in "
+                         + ", ".join(f"{k} ({saved.get(k)!r} -> {current[k]!r})" for k in diff))
+
+
+def mae_summary(errors: dict[str, float], units: tuple[str, ...]) -> str:
+    """One line naming the test errors and their units."""
+    if "force_mae" in errors:
+        return (f"test force MAE {errors['force_mae']:.3f} {units[0]}/Angstrom, "
+                f"energy MAE {errors['energy_mae']:.3f} {units[0]}")
+    return f"test MAE {errors['mae']:.4g} {units[0]}"
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns.
+
+    Attributes:
+      out_dir: where the files are.
+      history: per-epoch metrics (the rows of ``metrics.csv``).
+      best_epoch: the epoch (1-based) with the lowest validation error.
+      best_val: that validation error.
+      test: test errors in the data's units (``force_mae`` meV/Angstrom and ``energy_mae`` meV for
+        MD17; ``mae`` in the target's unit for QM9); empty when the run stopped early.
+      units: the target units.
+      x_range: the encoded distance range.
+      finished: False when ``stop_after`` ended the run before ``epochs``.
+    """
+
+    out_dir: str
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val: float
+    test: dict[str, float]
+    units: tuple[str, ...]
+    x_range: tuple[float, float]
+    finished: bool
+
+    def write(self, config: TrainConfig) -> None:
+        """``result.json``: this result and the config."""
+        payload = {**dataclasses.asdict(self), "config": config.to_dict()}
+        atomic_write(Path(self.out_dir) / "result.json", json.dumps(payload, indent=1).encode())

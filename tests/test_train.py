@@ -1,0 +1,129 @@
+"""The training loop: files, exact resumption, corrupt checkpoints, both tasks, both backends."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from molecule_factory import random_molecules
+from posenc.torch.train import TrainConfig, load_checkpoint, train
+from posenc.training import QUICK_PROFILE, output_stats, parse_dataset, resolve
+
+TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, progress=False,
+            encoding_kwargs={"n_bin": 8, "dim": 4})
+
+
+def md17_like(seed=0):
+    """Same-size molecules with energies and forces, like an MD17 molecule's frames."""
+    return {part: random_molecules([5] * n, seed=seed + k) for k, (part, n) in enumerate([("train", 12), ("val", 4), ("test", 4)])}
+
+
+def qm9_like(seed=0):
+    """Molecules of different sizes with two targets and no forces."""
+    sizes = {"train": [3, 4, 5, 6] * 3, "val": [4, 5, 3, 6], "test": [5, 3, 4, 6]}
+    return {part: random_molecules(s, seed=seed + k, forces=False, n_targets=2) for k, (part, s) in enumerate(sizes.items())}
+
+
+def losses(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    data = md17_like()
+    base = dict(dataset="md17:toy", epochs=4, lam=0.1, **TINY)
+    whole = train(TrainConfig(out_dir=str(tmp_path / "whole"), **base), data)
+    half = train(TrainConfig(out_dir=str(tmp_path / "split"), stop_after=2, **base), data)
+    assert not half.finished and len(half.history) == 2 and half.test == {}
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "split"), resume=True, **base), data)
+    assert resumed.finished and len(resumed.history) == 4
+    assert losses(resumed.history) == losses(whole.history)  # exactly, loss for loss
+    assert resumed.test == whole.test
+    assert whole.history[-1]["train_loss"] < whole.history[0]["train_loss"] * 1.5  # it trains and stays finite
+
+
+def test_files_of_a_run(tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig(dataset="md17:toy", epochs=2, out_dir=str(out), **{**TINY, "n_layers": 2}), md17_like())
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "train_smooth", "val_energy_mae", "val_force_mae", "lr"} <= set(header)
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["test"] == result.test and set(result.test) == {"energy_mae", "force_mae"}
+    assert saved["config"]["encoding"] == "hermite" and saved["units"] == ["meV"]
+    tables = np.load(out / "encoding_tables.npz")
+    assert set(tables.files) == {"values_layer0", "slopes_layer0", "values_layer1", "slopes_layer1", "x_min", "x_max"}
+    assert tables["values_layer0"].shape == (8, 4)
+    assert float(tables["x_min"]) == result.x_range[0] and float(tables["x_max"]) == result.x_range[1]
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["dataset"] == "md17:toy"
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused(tmp_path):
+    data, out = md17_like(), tmp_path / "run"
+    config = dict(dataset="md17:toy", epochs=2, out_dir=str(out), **TINY)
+    train(TrainConfig(stop_after=1, **config), data)
+    with pytest.raises(ValueError, match="differs"):
+        train(TrainConfig(resume=True, **{**config, "lam": 1.0}), data)
+    blob = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        train(TrainConfig(resume=True, **config), data)
+    with pytest.raises(FileNotFoundError):
+        train(TrainConfig(resume=True, **{**config, "out_dir": str(tmp_path / "none")}), data)
+
+
+@pytest.mark.parametrize("backbone,schedule,encoding", [("egnn", "plateau", "gaussian"), ("transformer", "cosine", "raw")])
+def test_property_task_without_forces(tmp_path, backbone, schedule, encoding):
+    kwargs = {**TINY, "encoding_kwargs": {}}
+    result = train(TrainConfig(dataset="qm9:toy", backbone=backbone, schedule=schedule, encoding=encoding, epochs=2,
+                               loss="l1", out_dir=str(tmp_path), **kwargs), qm9_like())
+    assert set(result.test) == {"mae"} and np.isfinite(result.test["mae"])
+    assert not (tmp_path / "encoding_tables.npz").exists()  # no table to save
+
+
+def test_output_stats_reproduce_the_mean_target():
+    data = md17_like()["train"]
+    stats = output_stats(data, 100)
+    per_mol = np.array([stats["atom_ref"][data.z[data.atom_index(np.array([m]))], 0].sum() for m in range(len(data))])
+    np.testing.assert_allclose((per_mol + stats["mol_shift"][0]).mean(), data.targets[:, 0].mean(), atol=1e-10)
+    np.testing.assert_allclose(stats["scale"], np.sqrt(np.mean(data.forces**2)))
+
+
+def test_config_checks_and_quick_profile():
+    quick = resolve(TrainConfig(quick=True, epochs=7))
+    assert quick.epochs == 7 and quick.n_train == QUICK_PROFILE["n_train"]  # explicit settings win
+    assert quick.out_dir.startswith("runs")
+    assert parse_dataset("qm9:homo") == ("qm9", "homo")
+    for bad in ("md17", "cifar:x", "synthetic:foo"):
+        with pytest.raises(ValueError, match="dataset"):
+            parse_dataset(bad)
+    with pytest.raises(ValueError, match="haiku backend"):
+        resolve(TrainConfig(backend="haiku", backbone="transformer"))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"epochs": 1, "epoch": 2})
+
+
+def test_synthetic_data_trains(tmp_path):
+    result = train(TrainConfig(dataset="synthetic:md17", epochs=1, out_dir=str(tmp_path), **TINY))
+    assert result.finished and np.isfinite(result.test["force_mae"])
+
+
+def test_dimenet_import_failure_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "posenc.torch.models.dimenet", None)
+    with pytest.raises(ImportError, match="dimenet"):
+        train(TrainConfig(dataset="md17:toy", backbone="dimenet", epochs=1, out_dir=str(tmp_path), **TINY), md17_like())
+
+
+def test_haiku_backend_trains_and_resumes(tmp_path):
+    data = md17_like()
+    base = dict(dataset="md17:toy", backend="haiku", epochs=2, lam=0.1, **TINY)
+    whole = train(TrainConfig(out_dir=str(tmp_path / "whole"), **base), data)
+    train(TrainConfig(out_dir=str(tmp_path / "split"), stop_after=1, **base), data)
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "split"), resume=True, **base), data)
+    assert losses(resumed.history) == losses(whole.history)
+    assert set(whole.test) == {"energy_mae", "force_mae"} and np.isfinite(whole.test["force_mae"])
+    tables = np.load(tmp_path / "whole" / "encoding_tables.npz")
+    assert tables["values_layer0"].shape == (8, 4) and "slopes_layer0" in tables.files
