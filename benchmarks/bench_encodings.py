@@ -5,6 +5,10 @@ Each time is the median of ``--repeats`` runs after a warm-up, in milliseconds p
 the ratio column divides it by the time of a plain copy of a tensor the size of the output
 (``out.clone()``): the memory-bound floor for anything that writes an ``[E, dim]`` result.
 
+Timer: process CPU time (``time.process_time``) with one torch thread by default, so the numbers
+do not depend on how busy the machine's other cores are (shared CI and developer machines);
+``--timer wall`` measures wall-clock time instead (use it with ``--threads`` > 1).
+
 Rows:
 * ``hermite``: posenc.torch.HermiteEncoding (one embedding_bag over the stacked table).
 * ``hermite (4 gathers)``: the straightforward formulation (four row gathers, broadcast weights,
@@ -21,6 +25,7 @@ Usage: ``python benchmarks/bench_encodings.py [--n 1000000] [--threads 2] [--wri
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -54,14 +59,17 @@ class FourGatherHermite(nn.Module):
                 + (t3 - 2 * t2 + t) * s[i] + (t3 - t2) * s[i + 1])
 
 
+CLOCK: Callable[[], float] = time.process_time
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` in seconds, after one warm-up call."""
+    """Median time of ``fn`` in seconds (on :data:`CLOCK`), after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -121,14 +129,20 @@ def table(results: list[dict], n: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of x values per call")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
+                        help="process CPU time (default, robust on a shared machine) or wall-clock time")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/encodings_cpu.md")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.timer == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     header = (
-        f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-        f"float32, E = {args.n:,} inputs, median of {args.repeats}. Copy = `out.clone()` of the [E, dim] output."
+        f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores), {args.threads} torch thread(s), "
+        f"{'process CPU' if args.timer == 'cpu' else 'wall-clock'} time, torch {torch.__version__}, float32, "
+        f"E = {args.n:,} inputs, median of {args.repeats}. Copy = `out.clone()` of the [E, dim] output; "
+        "forward+backward reaches x and every parameter."
     )
     text = header + "\n\n" + table(rows(args.n, args.repeats), args.n) + "\n"
     print(text)
