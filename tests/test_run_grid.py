@@ -1,0 +1,169 @@
+"""Tests of scripts/run_grid.py: grid expansion, aggregation, table movement, a tiny real grid."""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posenc.init import initial_tables
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
+_spec = importlib.util.spec_from_file_location("run_grid", SCRIPT)
+grid = importlib.util.module_from_spec(_spec)
+sys.modules["run_grid"] = grid  # dataclasses look their module up by name
+_spec.loader.exec_module(grid)
+
+#: A grid budget for tests: one epoch of a one-layer model on a few toy molecules.
+TINY = grid.Budget("tiny", md17_epochs_9=1, md17_cost_power=0.0, min_epochs=1, qm9_epochs=1, qm9_subset=None,
+                   config={"n_layers": 1, "hidden": 8, "batch_size": 8, "n_train": 16, "n_val": 8, "n_test": 8})
+
+
+def test_expand_grid_reduced():
+    specs = grid.expand_grid(md17_molecules=["ethanol", "aspirin"], qm9_targets=["U0"], seeds=[1, 2])
+    md17 = [s for s in specs if s.dataset.startswith("md17")]
+    qm9 = [s for s in specs if s.dataset.startswith("qm9")]
+    assert len(md17) == 2 * 3 * 2 and len(qm9) == 4 * 2
+    assert [s.seed for s in specs] == sorted(s.seed for s in specs)  # seed-major
+    assert {s.arm for s in qm9} == {"raw", "mlp", "posenc", "smooth"}
+    for s in md17:
+        assert s.config["md17_split"] == s.seed and s.config["md17_labels"] == "md17"
+        encoding, lam = grid.ARMS[s.arm]
+        assert (s.config["encoding"], s.config["lam"]) == (encoding, lam)
+    budget = grid.BUDGETS["reduced"]
+    epochs = {s.dataset: s.config["epochs"] for s in specs}
+    assert epochs["md17:ethanol"] == budget.md17_epochs_9
+    assert epochs["md17:aspirin"] == max(budget.min_epochs,
+                                         round(budget.md17_epochs_9 * (9 / 21) ** budget.md17_cost_power))
+    assert epochs["qm9:U0"] == budget.qm9_epochs
+    assert str(md17[0].rel_dir) == "runs/md17-ethanol/egnn/raw/seed1"
+    # every arm of a data set has the same config apart from the encoding and lambda
+    same = [{k: v for k, v in s.config.items() if k not in ("encoding", "lam")} for s in md17 if s.seed == 1
+            and s.dataset == "md17:ethanol"]
+    assert all(c == same[0] for c in same)
+
+
+def test_expand_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match="arm"):
+        grid.expand_grid(md17_molecules=["ethanol"], md17_arms=["fancy"])
+    with pytest.raises(ValueError, match="backbone"):
+        grid.expand_grid(md17_molecules=["ethanol"], backbones=["schnet"])
+    with pytest.raises(ValueError, match="splits 1..5"):
+        grid.expand_grid(md17_molecules=["ethanol"], seeds=[6])
+
+
+def fake_run(root: Path, dataset: str, arm: str, seed: int, test: dict, units: list, finished: bool = True,
+             tables: list | None = None) -> None:
+    encoding, lam = grid.ARMS[arm]
+    path = root / "runs" / dataset.replace(":", "-") / "egnn" / arm / f"seed{seed}"
+    path.mkdir(parents=True)
+    config = {"dataset": dataset, "encoding": encoding, "lam": lam, "seed": seed, "epochs": 5}
+    (path / "result.json").write_text(json.dumps({"finished": finished, "test": test, "units": units, "config": config}))
+    (path / "run_info.json").write_text(json.dumps({"cpu_seconds": 10.0 * seed, "tables": tables}))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_aggregate_mean_and_sample_std(tmp_path):
+    forces = {1: 10.0, 2: 12.0, 3: 17.0}
+    for seed, f in forces.items():
+        fake_run(tmp_path, "md17:ethanol", "posenc", seed, {"force_mae": f, "energy_mae": f / 2}, ["meV"],
+                 tables=[{"values_rel_change": 0.1 * seed}, {"values_rel_change": 0.3 * seed}])
+    fake_run(tmp_path, "md17:ethanol", "raw", 1, {"force_mae": 30.0, "energy_mae": 9.0}, ["meV"])
+    fake_run(tmp_path, "md17:ethanol", "raw", 2, {"force_mae": 99.0, "energy_mae": 99.0}, ["meV"], finished=False)
+    fake_run(tmp_path, "qm9:homo", "mlp", 1, {"mae": 40.0}, ["meV"])
+    fake_run(tmp_path, "qm9:homo", "mlp", 2, {"mae": 44.0}, ["meV"])
+    invocation = {"date": "2026-01-01", "budget": "tiny", "jobs": 1, "command": "python scripts/run_grid.py --x",
+                  "environment": {"torch": "t"}}
+    grid.aggregate(tmp_path, invocation)
+    md17 = {r["arm"]: r for r in read_csv(tmp_path / "md17_summary.csv")}
+    values = np.array(list(forces.values()))
+    assert float(md17["posenc"]["force_mae_mean"]) == pytest.approx(values.mean(), rel=1e-5)
+    assert float(md17["posenc"]["force_mae_std"]) == pytest.approx(values.std(ddof=1), rel=1e-5)
+    assert float(md17["posenc"]["energy_mae_mean"]) == pytest.approx(values.mean() / 2, rel=1e-5)
+    assert float(md17["posenc"]["table_rel_change"]) == pytest.approx(np.mean([0.2, 0.4, 0.6]), rel=1e-5)
+    assert md17["posenc"]["seeds"] == "1 2 3" and md17["posenc"]["n_seeds"] == "3"
+    # the unfinished raw run is left out; one seed has no std
+    assert md17["raw"]["n_seeds"] == "1" and float(md17["raw"]["force_mae_mean"]) == 30.0
+    assert md17["raw"]["force_mae_std"] == "nan"
+    assert list(md17) == ["raw", "posenc"]  # the paper's row order
+    (qm9,) = read_csv(tmp_path / "qm9_summary.csv")
+    assert float(qm9["mae_mean"]) == 42.0 and float(qm9["mae_std"]) == pytest.approx(np.std([40, 44], ddof=1), rel=1e-5)
+    readme = (tmp_path / "README.md").read_text()
+    assert "python scripts/run_grid.py --x" in readme and "| ethanol | egnn | posenc |" in readme
+    # a second invocation is appended to the log, not replacing it
+    grid.aggregate(tmp_path, {**invocation, "command": "second"})
+    assert len(json.loads((tmp_path / "grid_invocations.json").read_text())) == 2
+
+
+def test_table_movement(tmp_path):
+    v0, s0 = initial_tables("sinusoidal", 16, 4, 0.0, 5.0)
+    path = tmp_path / "encoding_tables.npz"
+    np.savez(path, x_min=0.0, x_max=5.0, values_layer0=v0, slopes_layer0=s0, values_layer1=1.1 * v0,
+             slopes_layer1=s0 + 0.5 * np.linalg.norm(s0) / np.sqrt(s0.size))
+    layers = grid.table_movement(path)
+    assert layers[0]["values_rel_change"] == pytest.approx(0.0, abs=1e-12)
+    assert layers[1]["values_rel_change"] == pytest.approx(0.1)
+    assert layers[1]["slopes_rel_change"] == pytest.approx(0.5)
+    # L_smooth is scale-invariant, and a constant table has none
+    assert layers[1]["smooth_final"] == pytest.approx(layers[1]["smooth_init"])
+    assert grid.smoothness_ratio(np.ones((8, 3))) == 0.0
+
+
+def test_reached_bins_and_split_movement(tmp_path):
+    # centres 0, 1, 2, 3, 4: a distance in [c_i, c_{i+1}) reads rows i and i + 1
+    np.testing.assert_array_equal(grid.reached_bins(np.array([1.5]), 5, 0.0, 4.0), [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(grid.reached_bins(np.array([0.2, 3.99]), 5, 0.0, 4.0), [1, 1, 0, 1, 1])
+    v0, s0 = initial_tables("sinusoidal", 5, 3, 0.0, 4.0)
+    moved = v0.copy()
+    moved[3:] *= 1.5  # only rows the distances below never read
+    path = tmp_path / "encoding_tables.npz"
+    np.savez(path, x_min=0.0, x_max=4.0, values_layer0=moved, slopes_layer0=s0)
+    (layer,) = grid.table_movement(path, distances=np.array([0.5, 1.5]))
+    assert layer["bins_reached"] == 3
+    assert layer["values_rel_change_reached"] == 0.0
+    assert layer["values_rel_change_unreached"] == pytest.approx(0.5)
+    assert 0 < layer["values_rel_change"] < 0.5
+
+
+def test_pair_distances():
+    from posenc.data.molecules import Molecules
+
+    pos = np.array([[0, 0, 0], [3, 4, 0], [0, 0, 0], [1, 0, 0], [0, 2, 0]], dtype=float)
+    mols = Molecules(z=np.ones(5, dtype=int), pos=pos, n_atoms=np.array([2, 3]), targets=np.zeros((2, 1)),
+                     target_names=("e",), target_units=("meV",))
+    np.testing.assert_allclose(np.sort(grid.pair_distances(mols)), np.sort([5.0, 1.0, 2.0, np.sqrt(5.0)]))
+
+
+def test_tiny_grid_end_to_end(tmp_path):
+    results, scratch = tmp_path / "results", tmp_path / "scratch"
+    specs = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw", "smooth"), seeds=[1], budget=TINY)
+    infos = grid.run_grid(specs, results, scratch, jobs=1, log=lambda line: None)
+    assert len(infos) == 2 and all(i["finished"] for i in infos)
+    for spec in specs:
+        kept = sorted(p.name for p in (results / spec.rel_dir).iterdir())
+        assert kept == ["metrics.csv", "result.json", "run_info.json"]
+        assert not list((scratch / spec.rel_dir).glob("*.pt"))  # checkpoints deleted once finished
+    smooth = json.loads((results / specs[1].rel_dir / "run_info.json").read_text())
+    assert len(smooth["tables"]) == 1 and 0 < smooth["tables"][0]["values_rel_change"] < 1
+    assert 0 < smooth["tables"][0]["bins_reached"] <= 64
+    # resumable: a second call runs nothing; another budget is refused unless overwrite
+    assert grid.run_grid(specs, results, scratch, jobs=1, log=lambda line: None) == []
+    other = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw",), seeds=[1],
+                             budget=grid.Budget(**{**TINY.__dict__, "md17_epochs_9": 2}))
+    with pytest.raises(RuntimeError, match="overwrite"):
+        grid.run_grid(other, results, scratch, jobs=1, log=lambda line: None)
+    # the table statistics can be recomputed from the scratch files
+    info_path = results / specs[1].rel_dir / "run_info.json"
+    info_path.write_text(json.dumps({**smooth, "tables": None}))
+    assert grid.refresh_tables(specs, results, scratch, log=lambda line: None) == 1
+    assert json.loads(info_path.read_text())["tables"] == smooth["tables"]
+    md17, _ = grid.aggregate(results)
+    assert [r["arm"] for r in md17] == ["raw", "smooth"]
+    assert md17[1]["force_mae_mean"] == pytest.approx(infos[1]["test"]["force_mae"])
