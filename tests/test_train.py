@@ -56,8 +56,12 @@ def test_files_of_a_run(tmp_path):
     assert set(tables.files) == {"values_layer0", "slopes_layer0", "values_layer1", "slopes_layer1", "x_min", "x_max"}
     assert tables["values_layer0"].shape == (8, 4)
     assert float(tables["x_min"]) == result.x_range[0] and float(tables["x_max"]) == result.x_range[1]
-    state = load_checkpoint(out / "last.pt")
+    state = load_checkpoint(out / "last.pt", resumable=True)
     assert state["epoch"] == 2 and state["config"]["dataset"] == "md17:toy"
+    best = load_checkpoint(out / "best.pt")  # the weights of the best validation epoch
+    assert set(best) == {"format", "epoch", "model"} and 1 <= best["epoch"] <= 2
+    with pytest.raises(ValueError, match="lacks"):
+        load_checkpoint(out / "best.pt", resumable=True)
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
 
 

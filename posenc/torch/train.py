@@ -58,7 +58,9 @@ __all__ = ["TrainConfig", "TrainResult", "build_model", "encoding_tables", "eval
            "loss_terms", "train"]
 
 CHECKPOINT_FORMAT = "posenc-torch-checkpoint-1"
-CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scheduler", "torch_rng", "history", "best", "config")
+#: A weights checkpoint (``best.pt``) holds these; a resumable one (``last.pt``) all of CHECKPOINT_KEYS.
+WEIGHTS_KEYS = ("format", "epoch", "model")
+CHECKPOINT_KEYS = (*WEIGHTS_KEYS, "optimizer", "scheduler", "torch_rng", "history", "best", "config")
 
 
 def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: int) -> nn.Module:
@@ -163,12 +165,17 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`train`.
+def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint written by :func:`train`: ``best.pt`` (weights) or ``last.pt`` (resumable).
+
+    Args:
+      path: the checkpoint file.
+      resumable: require the full training state (optimizer, scheduler, RNG, history, config).
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is truncated, corrupt or not a posenc checkpoint.
+      ValueError: the file is truncated, corrupt, not a posenc checkpoint, or lacks what a
+        checkpoint of its kind (or a resumable one, when asked) must hold.
     """
     path = Path(path)
     if not path.is_file():
@@ -179,7 +186,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"corrupt or truncated checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a posenc torch checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    # a file with any training state must carry all of it; a weights file needs only WEIGHTS_KEYS
+    full = resumable or any(k in state for k in CHECKPOINT_KEYS if k not in WEIGHTS_KEYS)
+    missing = [k for k in (CHECKPOINT_KEYS if full else WEIGHTS_KEYS) if k not in state]
     if missing:
         raise ValueError(f"corrupt checkpoint {path}: it lacks {missing}")
     return state
@@ -224,7 +233,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
 
     start, history, best = 0, [], {"epoch": 0, "val": math.inf}
     if config.resume:
-        state = load_checkpoint(out_dir / "last.pt")
+        state = load_checkpoint(out_dir / "last.pt", resumable=True)
         check_resumable(state["config"], config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -280,7 +289,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
     finished = end == config.epochs
     test: dict[str, float] = {}
     if finished:
-        best_state = torch.load(out_dir / "best.pt", map_location=config.device, weights_only=True)
+        best_state = load_checkpoint(out_dir / "best.pt")
         model.load_state_dict(best_state["model"])
         test = evaluate(model, graphs(data["test"]))
         tables, table_range = encoding_tables(model)
