@@ -67,6 +67,19 @@ def basis_weights(t: torch.Tensor, coeffs: np.ndarray, order: int, delta: float)
     return torch.stack(powers, dim=-1) @ c  # [E, B]
 
 
+def _weights_and_rows(x, offsets, coeffs, x_min, delta, n_bin, order) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[E, B]`` basis weights of order ``order`` and ``[E, B]`` table rows they multiply."""
+    idx, t = locate(x, x_min, delta, n_bin)
+    return basis_weights(t, coeffs, order, delta), idx[:, None] + offsets
+
+
+def _x_grad(x, table, grad_out, offsets, coeffs_all, x_min, delta, n_bin, order) -> torch.Tensor:
+    """``[E]`` gradient w.r.t. x of ``sum(grad_out * interpolant)``: the order-(k+1) interpolant,
+    dotted with ``grad_out`` row by row. Built from :func:`interpolate`, so it is differentiable."""
+    deriv = interpolate(x, table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
+    return (grad_out * deriv).sum(-1)
+
+
 class _TableGrad(torch.autograd.Function):
     """``[R, D]`` gradient of the table: ``W^T grad_out`` with W the ``[E, R]`` matrix of weights.
 
@@ -82,9 +95,8 @@ class _TableGrad(torch.autograd.Function):
     def forward(ctx, x, grad_out, n_rows, offsets, coeffs_all, x_min, delta, n_bin, order):  # type: ignore[override]
         ctx.save_for_backward(x, grad_out, offsets)
         ctx.consts = (coeffs_all, x_min, delta, n_bin, order)
-        idx, t = locate(x, x_min, delta, n_bin)
-        w = basis_weights(t, coeffs_all[order], order, delta)  # [E, B]
-        rows = (idx[:, None] + offsets).flatten()  # [E*B]
+        w, rows = _weights_and_rows(x, offsets, coeffs_all[order], x_min, delta, n_bin, order)  # [E, B] each
+        rows = rows.flatten()  # [E*B]
         cols = torch.arange(x.shape[0], device=x.device).repeat_interleave(offsets.numel())  # [E*B]
         w_t = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.flatten(), (n_rows, x.shape[0]),
                                       check_invariants=False)  # [R, E], indices valid by construction
@@ -96,8 +108,7 @@ class _TableGrad(torch.autograd.Function):
         coeffs_all, x_min, delta, n_bin, order = ctx.consts
         grad_x = grad_grad_out = None
         if ctx.needs_input_grad[0]:
-            deriv = interpolate(x, grad_table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
-            grad_x = (grad_out * deriv).sum(-1)  # [E]
+            grad_x = _x_grad(x, grad_table, grad_out, offsets, coeffs_all, x_min, delta, n_bin, order)
         if ctx.needs_input_grad[1]:
             grad_grad_out = interpolate(x, grad_table, offsets, coeffs_all, x_min, delta, n_bin, order)  # [E, D]
         return grad_x, grad_grad_out, None, None, None, None, None, None, None
@@ -114,9 +125,7 @@ class _Interpolate(torch.autograd.Function):
         coeffs = coeffs_all[order]
         if not coeffs.any():  # past the polynomial degree every derivative is zero
             return x.new_zeros(x.shape[0], table.shape[1])
-        idx, t = locate(x, x_min, delta, n_bin)
-        w = basis_weights(t, coeffs, order, delta)  # [E, B]
-        rows = idx[:, None] + offsets  # [E, B]
+        w, rows = _weights_and_rows(x, offsets, coeffs, x_min, delta, n_bin, order)  # [E, B] each
         return F.embedding_bag(rows, table, mode="sum", per_sample_weights=w)
 
     @staticmethod
@@ -127,8 +136,7 @@ class _Interpolate(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # d/dx of the order-k interpolant is the order-(k+1) interpolant: the same primitive,
             # so this backward is itself differentiable to any order.
-            deriv = interpolate(x, table, offsets, coeffs_all, x_min, delta, n_bin, order + 1)  # [E, D]
-            grad_x = (grad_out * deriv).sum(-1)  # [E]
+            grad_x = _x_grad(x, table, grad_out, offsets, coeffs_all, x_min, delta, n_bin, order)
         if ctx.needs_input_grad[1]:
             grad_table = _TableGrad.apply(x, grad_out, table.shape[0], offsets, coeffs_all, x_min, delta, n_bin, order)
         return grad_x, grad_table, None, None, None, None, None, None
