@@ -8,7 +8,8 @@ Everything here is numpy and backend-agnostic. An *encoding* is given as one of
   maps ``x[P] -> [P, dim]``);
 * Haiku parameters, turned into :class:`Tables` by :func:`tables_from_haiku` (a params entry
   ``{"values", "slopes"}`` is just the tables; the grid ``x_min, x_max`` comes from the caller);
-* a results file, read by :func:`load_tables`.
+* a results file, read by :func:`load_tables` (the learned tables, the initial ones, or
+  the change training made to them).
 
 A *list* of encodings is several layers (the paper's l). :func:`sample` turns any of them into
 an embedding array ``[layers, points, dim]``; the metrics take such arrays, so they also work
@@ -38,8 +39,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
@@ -134,16 +135,40 @@ def tables_from_haiku(params: Mapping[str, Any], x_min: float, x_max: float) -> 
     return out
 
 
-def load_tables(path: str | os.PathLike) -> list[Tables]:
-    """Reads ``encoding_tables.npz``: keys ``values_layer{i}``, ``slopes_layer{i}``, ``x_min``, ``x_max``.
+#: What :func:`load_tables` can return from a results file: the tables after training, before
+#: training, or the difference training made.
+PARTS: tuple[str, ...] = ("learned", "initial", "change")
+Part = Literal["learned", "initial", "change"]
 
-    Layer indices must be contiguous (from 0 or 1); a layer without ``slopes_layer{i}`` is a
-    linear encoding.
+
+def load_tables(path: str | os.PathLike, part: Part = "learned") -> list[Tables]:
+    """Reads ``encoding_tables.npz``: the learned tables, the initial ones, or the change.
+
+    The file holds ``values_layer{i}``, ``slopes_layer{i}`` (each ``[n_bin, dim]``), the scalars
+    ``x_min``, ``x_max`` and, when the training code saved them, the tables before training
+    ``init_values_layer{i}``, ``init_slopes_layer{i}`` (same shapes). Layer indices must be
+    contiguous (from 0 or 1); a layer without ``slopes_layer{i}`` is a linear encoding.
+
+    ``part="change"`` gives ``values - init_values`` and ``slopes - init_slopes``. A Hermite (or
+    linear) table is linear in its values and slopes, so sampling the change gives exactly
+    ``h(x) - h0(x)`` (and ``g(x) - g0(x)`` for ``order=1``): what training added to the start.
+
+    Args:
+      path: the ``.npz`` file.
+      part: ``"learned"`` (the tables after training, the default), ``"initial"`` (before
+        training) or ``"change"`` (learned minus initial).
+
+    Returns:
+      One :class:`Tables` per layer, ``values`` and ``slopes`` ``[n_bin, dim]`` float64.
 
     Raises:
-      ValueError: no ``values_layer*`` key, gaps in the indices, a slopes key without values,
-        non-scalar ``x_min``/``x_max``, or a bad table.
+      ValueError: an unknown ``part``; no ``values_layer*`` key, gaps in the indices, a slopes key
+        without values, non-scalar ``x_min``/``x_max``, or a bad table; for ``"initial"`` and
+        ``"change"``, a file without the ``init_*`` arrays (files of older runs) or whose
+        ``init_*`` arrays do not match the learned tables (missing layer or slopes, other shape).
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     with np.load(path) as f:
         keys = set(f.files)
         idx = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"values_layer(\d+)", k)))
@@ -160,8 +185,32 @@ def load_tables(path: str | os.PathLike) -> list[Tables]:
             if np.asarray(f[key]).size != 1:
                 raise ValueError(f"{path}: {key!r} must be a scalar, got shape {np.shape(f[key])}")
         lo, hi = float(np.asarray(f["x_min"]).item()), float(np.asarray(f["x_max"]).item())
-        return [_check_table(f[f"values_layer{i}"], f[f"slopes_layer{i}"] if f"slopes_layer{i}" in keys else None,
-                             lo, hi) for i in idx]
+        learned = [(f[f"values_layer{i}"], f[f"slopes_layer{i}"] if f"slopes_layer{i}" in keys else None)
+                   for i in idx]
+        if part == "learned":
+            return [_check_table(v, s, lo, hi) for v, s in learned]
+        if not any(k.startswith("init_") for k in keys):
+            raise ValueError(f"{path}: part={part!r} needs the tables before training ('init_values_layer{{i}}', "
+                             "'init_slopes_layer{i}'), which this file does not hold (a run saved before they "
+                             "were recorded); only part='learned' can be read from it")
+        initial = []
+        for i, (v, s) in zip(idx, learned):
+            for name, table in (("values", v), ("slopes", s)):
+                key = f"init_{name}_layer{i}"
+                if table is not None and key not in keys:
+                    raise ValueError(f"{path}: {name}_layer{i} has no {key!r} to compare with")
+                if table is not None and np.shape(f[key]) != np.shape(table):
+                    raise ValueError(f"{path}: {key!r} has shape {np.shape(f[key])}, "
+                                     f"{name}_layer{i} {np.shape(table)}")
+            initial.append((f[f"init_values_layer{i}"], f[f"init_slopes_layer{i}"] if s is not None else None))
+    if part == "initial":
+        return [_check_table(v0, s0, lo, hi) for v0, s0 in initial]
+    out = []
+    for (v, s), (v0, s0) in zip(learned, initial):
+        v, v0 = np.asarray(v, dtype=np.float64), np.asarray(v0, dtype=np.float64)
+        ds = None if s is None else np.asarray(s, dtype=np.float64) - np.asarray(s0, dtype=np.float64)
+        out.append(_check_table(v - v0, ds, lo, hi))
+    return out
 
 
 def as_tables(encoding: Any) -> list[Tables]:
@@ -624,17 +673,47 @@ def similarity_matrix(encodings: Mapping[str, Any], n_points: int = 512) -> tupl
     return names, mat
 
 
-def load_results(pattern: str) -> dict[str, list[Tables]]:
-    """Tables of every results file matching a glob, keyed by the task directory's name.
+def load_results(
+    pattern: str, part: Part = "learned", key: Callable[[str], str] | None = None
+) -> dict[str, list[Tables]]:
+    """Tables of every results file matching a glob, keyed by task.
 
-    Example: ``load_results("results/qm9/*/encoding_tables.npz")`` -> ``{"U0": [...], ...}``.
-    Returns an empty dict when nothing matches.
+    Examples:
+      ``load_results("results/qm9/*/encoding_tables.npz")`` -> ``{"U0": [...], ...}`` (the
+      default key is the name of the file's directory).
+
+      ``load_results("results/runs/qm9-*/egnn/smooth/seed1/encoding_tables.npz", part="change",
+      key=lambda p: Path(p).parts[-5].removeprefix("qm9-"))`` -> what training added, per target.
+
+    Args:
+      pattern: a glob (``glob.glob`` syntax), matched in sorted order.
+      part: ``"learned"``, ``"initial"`` or ``"change"``, as in :func:`load_tables`.
+      key: maps a matched path to the task name (default: the name of its directory).
+
+    Returns:
+      ``{task: [Tables per layer]}`` in the sorted order of the paths; an empty dict when nothing
+      matches.
+
+    Raises:
+      ValueError: two files get the same key (pass ``key`` to tell them apart), or one of
+        :func:`load_tables`'s errors.
     """
-    return {os.path.basename(os.path.dirname(p)): load_tables(p) for p in sorted(glob.glob(pattern))}
+    key = key or (lambda p: os.path.basename(os.path.dirname(p)))
+    out: dict[str, list[Tables]] = {}
+    paths: dict[str, str] = {}
+    for path in sorted(glob.glob(pattern)):
+        name = key(path)
+        if name in paths:
+            raise ValueError(f"{paths[name]} and {path} both have the key {name!r}: pass key= to tell them apart")
+        paths[name] = path
+        out[name] = load_tables(path, part)
+    return out
 
 
 __all__ = [
     "METRICS",
+    "PARTS",
+    "Part",
     "Tables",
     "as_tables",
     "bin_mean_derivative",

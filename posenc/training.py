@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -60,6 +61,11 @@ class TrainConfig:
       update_coords: EGNN's equivariant coordinate updates.
       n_layers, hidden: backbone depth and width.
       lam: weight lambda of the smoothness loss (``--lambda``).
+      freeze_tables: never train the distance tables (values and slopes of every table
+        encoding): the encoding is then the fixed basis its initialisation picked, the control
+        that tells what *learning* the table adds.
+      table_lr_scale: the tables learn at ``table_lr_scale`` times the rate of every other
+        parameter (the whole schedule is scaled, its floor too).
       optimizer: ``adam`` or ``adamw``.
       lr, weight_decay: learning rate and weight decay.
       schedule: ``cosine`` (per step to ``min_lr``), ``plateau`` (halve the rate after
@@ -100,6 +106,8 @@ class TrainConfig:
     n_layers: int = 4
     hidden: int = 64
     lam: float = 0.0
+    freeze_tables: bool = False
+    table_lr_scale: float = 1.0
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -173,6 +181,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (out.stop_after is None or out.stop_after >= 1, "stop_after must be >= 1"),
         (out.lam >= 0, f"lambda must be >= 0, got {out.lam}"),
         (out.lr > 0, f"lr must be > 0, got {out.lr}"),
+        (out.table_lr_scale > 0, f"table_lr_scale must be > 0 (freeze_tables=True stops the tables), got {out.table_lr_scale}"),
+        (not (out.freeze_tables or out.table_lr_scale != 1.0) or out.encoding in ("hermite", "linear"),
+         f"freeze_tables / table_lr_scale need a table encoding (hermite, linear), not {out.encoding!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -212,6 +223,23 @@ def synthetic_data(kind: str, n_train: int, n_val: int, n_test: int, seed: int) 
     return data
 
 
+def cut_data(data: dict[str, Molecules], config: TrainConfig) -> dict[str, Molecules]:
+    """``data`` with each part cut to its first ``n_train``/``n_val``/``n_test`` molecules (None: all).
+
+    Raises:
+      ValueError: a part lacks, or a cut leaves it empty.
+    """
+    out = dict(data)
+    for part, n in (("train", config.n_train), ("val", config.n_val), ("test", config.n_test)):
+        if part not in out:
+            raise ValueError(f"data must have 'train', 'val' and 'test' parts; {part!r} is missing")
+        if n is not None and n < 1:
+            raise ValueError(f"n_{part} must be >= 1, got {n}")
+        if n is not None and n < len(out[part]):
+            out[part] = out[part].subset(np.arange(n))
+    return out
+
+
 def load_data(config: TrainConfig) -> dict[str, Molecules]:
     """The ``{"train", "val", "test"}`` sets of ``config.dataset``, cut to ``n_train``/``n_val``/``n_test``."""
     task, name = parse_dataset(config.dataset)
@@ -229,10 +257,7 @@ def load_data(config: TrainConfig) -> dict[str, Molecules]:
         from posenc.data import load_qm9
 
         data = load_qm9(split=config.qm9_split, targets=name, subset=config.qm9_subset, progress=config.progress)
-    for part, n in (("train", config.n_train), ("val", config.n_val), ("test", config.n_test)):
-        if n is not None and n < len(data[part]):
-            data[part] = data[part].subset(np.arange(n))
-    return data
+    return cut_data(data, config)
 
 
 def encoding_overrides(config: TrainConfig) -> dict[str, Any]:
@@ -286,6 +311,15 @@ def output_stats(train: Molecules, n_species: int) -> dict[str, np.ndarray]:
     return {"scale": np.where(scale > 0, scale, 1.0), "atom_ref": atom_ref, "mol_shift": coef[-1]}
 
 
+def cosine_factor(step: int, total: int, alpha: float) -> float:
+    """The cosine schedule's multiplier of the base rate at ``step`` of ``total``: from 1 down to ``alpha``.
+
+    The same closed form as ``optax.cosine_decay_schedule``, so both backends follow one schedule.
+    """
+    done = min(step, total) / total
+    return alpha + (1.0 - alpha) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data-order seed of one epoch: a function of (seed, epoch) only, so resuming repeats it."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -317,12 +351,19 @@ def write_metrics(out_dir: str | os.PathLike, history: list[dict[str, float]]) -
     atomic_write(Path(out_dir) / "metrics.json", json.dumps(history, indent=1).encode())
 
 
-def save_encoding_tables(path: str | os.PathLike, tables: list[dict[str, np.ndarray]], x_min: float, x_max: float) -> None:
-    """``encoding_tables.npz``: ``values_layer{i}`` (and ``slopes_layer{i}`` for Hermite), ``x_min``, ``x_max``."""
+def save_encoding_tables(path: str | os.PathLike, tables: list[dict[str, np.ndarray]], x_min: float, x_max: float,
+                         initial: list[dict[str, np.ndarray]] | None = None) -> None:
+    """``encoding_tables.npz``: ``values_layer{i}`` (and ``slopes_layer{i}`` for Hermite), ``x_min``, ``x_max``.
+
+    With ``initial`` (the same layout, before training) also ``init_values_layer{i}`` (and
+    ``init_slopes_layer{i}``), so how far training moved the tables is known for any
+    initialisation, random ones included.
+    """
     arrays: dict[str, np.ndarray] = {"x_min": np.asarray(x_min), "x_max": np.asarray(x_max)}
-    for i, table in enumerate(tables):
-        for key, value in table.items():
-            arrays[f"{key}_layer{i}"] = np.asarray(value)
+    for prefix, layers in (("", tables), ("init_", initial or [])):
+        for i, table in enumerate(layers):
+            for key, value in table.items():
+                arrays[f"{prefix}{key}_layer{i}"] = np.asarray(value)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(path, buf.getvalue())

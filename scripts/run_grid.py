@@ -1,9 +1,10 @@
-"""The comparison grid of the paper's Tables 1 and 2: backbone x distance encoding ("arm") x seed.
+"""The comparison grid of the paper's Tables 1 and 2, the lr study and the ablation study.
 
 MD17 (Table 1): molecules x backbones {egnn, transformer} x arms {raw, posenc, smooth} x splits;
 QM9 (Table 2): targets x egnn x arms {raw, mlp, posenc, smooth} x seeds. Every run goes through
 :func:`posenc.torch.train.train` with one :class:`posenc.training.TrainConfig`, in ``--jobs``
-worker processes of one torch thread each. The arms differ only in the distance encoding:
+worker processes of one torch thread each. The main arms differ only in the distance encoding
+and in the learning rate each was given by the lr study:
 
 =======  ==========================================================================
 raw      the backbone's own distance feature (EGNN: d^2)
@@ -12,11 +13,19 @@ posenc   Hermite table encoding (64 bins x 32, sinusoidal init), lambda = 0
 smooth   the same table with the smoothness loss, lambda = :data:`LAM_SMOOTH`
 =======  ==========================================================================
 
+Studies (``--study``, MD17 ethanol in the committed results):
+
+* ``lr``: raw, posenc and smooth at every rate of :data:`LR_CANDIDATES`; :func:`select_rates`
+  picks each arm's rate by validation error, and :data:`TUNED_LR` holds the choice;
+* ``ablation``: posenc with one knob changed (frozen tables, initialisation, n_bin, dim, range,
+  lambda, the tables' learning rate, linear interpolation, a Gaussian basis), see :data:`ARMS`;
+* ``long``: raw, posenc and posenc-frozen for :data:`LONG_EPOCHS` epochs.
+
 Files: each run trains in a scratch directory outside the repository (checkpoints are large and
 deleted once the run is finished) and copies its small files to
-``results/runs/<dataset>/<backbone>/<arm>/seed<k>/``: ``result.json`` and ``metrics.csv`` from the
-training code, and ``run_info.json`` (wall and CPU seconds, and for table encodings how far the
-tables moved from their initialisation). A finished run is skipped on the next call, an unfinished
+``results/runs/<dataset>/<backbone>/<arm>/seed<k>/``: ``result.json``, ``metrics.csv`` and (for
+table encodings) ``encoding_tables.npz`` from the training code, and ``run_info.json`` (wall and
+CPU seconds, and for table encodings how far the tables moved from their initialisation). A finished run is skipped on the next call, an unfinished
 one resumes from its scratch checkpoint. Then the finished runs are aggregated into
 ``results/md17_summary.csv`` / ``results/qm9_summary.csv`` (mean and sample std over seeds) and
 ``results/README.md`` (commands, versions, machine, budget, date, the tables).
@@ -26,6 +35,9 @@ Examples::
     python scripts/run_grid.py --dataset md17 --molecules ethanol aspirin malonaldehyde \\
         --arms raw posenc smooth --seeds 1 2 3 --budget reduced --jobs 2
     python scripts/run_grid.py --dataset qm9 --targets U0 homo --arms raw posenc smooth --seeds 1
+    python scripts/run_grid.py --dataset md17 --study lr --molecules ethanol --seeds 1 --jobs 2
+    python scripts/run_grid.py --dataset md17 --study ablation --molecules ethanol --seeds 1 --jobs 2
+    python scripts/run_grid.py --dataset md17 --study long --molecules ethanol --seeds 1 --jobs 2
     python scripts/run_grid.py --aggregate-only
 """
 
@@ -55,17 +67,100 @@ DEFAULT_RESULTS = REPO / "results"
 DEFAULT_SCRATCH = Path(os.environ.get("POSENC_GRID_SCRATCH", "/tmp/posenc_grid_scratch"))
 
 #: Weight lambda of the smoothness loss in the "smooth" arm. The paper gives no value; 0.01 is a
-#: middle choice that was NOT tuned (the calibration note: 0.1 already flattens a smooth table).
+#: middle choice that was NOT tuned (the calibration note: 0.1 already flattens a smooth table;
+#: the ablation's ``smooth-lam*`` arms measure 0.1 and 1).
 LAM_SMOOTH = 0.01
-#: Arm -> (encoding, lambda).
-ARMS: dict[str, tuple[str, float]] = {
-    "raw": ("raw", 0.0), "mlp": ("mlp", 0.0), "posenc": ("hermite", 0.0), "smooth": ("hermite", LAM_SMOOTH),
-}
+#: Learning rates tried for every main arm, the same way (``--study lr``: MD17 ethanol, split 1).
+LR_CANDIDATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+#: The rate each main arm uses: the candidate with the lowest *validation* force MAE in the lr
+#: study (``results/runs/md17-ethanol/egnn/<arm>-lr*/``; ``tests/test_run_grid.py`` checks that
+#: these agree with the committed study).
+#: QM9 runs use one rate for every arm: the lr study is on MD17 forces, a different loss.
+QM9_LR = 1e-3
+TUNED_LR: dict[str, float] = {"raw": 3e-3, "mlp": 3e-3, "posenc": 1e-3, "smooth": 1e-3}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One distance-encoding setting of the grid.
+
+    Attributes:
+      encoding: the TrainConfig encoding.
+      lam: the smoothness weight lambda.
+      config: further TrainConfig fields (init, n_bin, dim, range, freezing, table rate, lr).
+      note: one line for the README and the ablation table.
+    """
+
+    encoding: str
+    lam: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def _main_arms() -> dict[str, Arm]:
+    base = {"raw": Arm("raw", note="the backbone's own distance feature (EGNN: d^2)"),
+            "mlp": Arm("mlp", note="the paper's 2-layer ReLU MLP of d"),
+            "posenc": Arm("hermite", note="Hermite table, 64 bins x 32, sinusoidal init"),
+            "smooth": Arm("hermite", LAM_SMOOTH, note=f"the same table with lambda = {LAM_SMOOTH:g}")}
+    arms = {name: dataclasses.replace(arm, config={"lr": TUNED_LR[name]}) for name, arm in base.items()}
+    for name in ("raw", "posenc", "smooth"):  # the lr study
+        for lr in LR_CANDIDATES:
+            arms[f"{name}-lr{lr:g}"] = dataclasses.replace(base[name], config={"lr": lr},
+                                                           note=f"{name} at lr {lr:g} (lr study)")
+    return arms
+
+
+def _ablation_arms() -> dict[str, Arm]:
+    """Variations of ``posenc`` one knob at a time (everything else, the rate included, as posenc)."""
+    lr = {"lr": TUNED_LR["posenc"]}
+    one = {  # name: (encoding, lambda, changes, note)
+        "posenc-frozen": ("hermite", 0.0, {"freeze_tables": True}, "sinusoidal table never trained (fixed basis)"),
+        "posenc-normal": ("hermite", 0.0, {"init": "normal"}, "i.i.d. N(0, 1) values, zero slopes"),
+        "posenc-normal-frozen": ("hermite", 0.0, {"init": "normal", "freeze_tables": True},
+                                 "random table never trained"),
+        "smooth-normal-lam0.1": ("hermite", 0.1, {"init": "normal"}, "random table, lambda = 0.1"),
+        "posenc-gaussian-init": ("hermite", 0.0, {"init": "gaussian"}, "Gaussian-bump init"),
+        "posenc-nbin16": ("hermite", 0.0, {"n_bin": 16}, "16 bins"),
+        "posenc-nbin256": ("hermite", 0.0, {"n_bin": 256}, "256 bins"),
+        "posenc-dim8": ("hermite", 0.0, {"dim": 8}, "dim 8"),
+        "posenc-dim128": ("hermite", 0.0, {"dim": 128}, "dim 128"),
+        "posenc-range-tight": ("hermite", 0.0, {"x_min": 0.7}, "range from 0.7 A (the shortest bond is 0.88 A)"),
+        "posenc-range-wide": ("hermite", 0.0, {"x_max": 10.0}, "range to 10 A (half the bins unreached)"),
+        "smooth-lam0.1": ("hermite", 0.1, {}, "lambda = 0.1"),
+        "smooth-lam1": ("hermite", 1.0, {}, "lambda = 1"),
+        "posenc-tablelr0.1": ("hermite", 0.0, {"table_lr_scale": 0.1}, "tables at 0.1 x lr"),
+        "posenc-tablelr10": ("hermite", 0.0, {"table_lr_scale": 10.0}, "tables at 10 x lr"),
+        "posenc-tablelr100": ("hermite", 0.0, {"table_lr_scale": 100.0}, "tables at 100 x lr"),
+        "linear": ("linear", 0.0, {}, "linear (C0) interpolation of the same table"),
+        "gaussian": ("gaussian", 0.0, {}, "Gaussian RBF expansion, 50 fixed centres (no table)"),
+    }
+    return {name: Arm(enc, lam, {**lr, **changes}, note) for name, (enc, lam, changes, note) in one.items()}
+
+
+#: Epochs of the long check on a 9-atom molecule (ethanol): about the calibration note's 12
+#: CPU-minutes per run for the raw EGNN on one thread here.
+LONG_EPOCHS = 150
+
+
+def _long_arms() -> dict[str, Arm]:
+    """raw, posenc and posenc-frozen trained ``LONG_EPOCHS`` epochs: does the picture change nearer convergence?"""
+    arms = {"raw": _main_arms()["raw"], "posenc": _main_arms()["posenc"], "posenc-frozen": _ablation_arms()["posenc-frozen"]}
+    return {f"{name}-long": dataclasses.replace(arm, config={**arm.config, "epochs": LONG_EPOCHS},
+                                                note=f"{arm.note}, {LONG_EPOCHS} epochs")
+            for name, arm in arms.items()}
+
+
+#: Arm name -> :class:`Arm`: the main arms, the lr study, the ablation study and the long check.
+ARMS: dict[str, Arm] = {**_main_arms(), **_ablation_arms(), **_long_arms()}
+ABLATION_ARMS = tuple(_ablation_arms())
+LONG_ARMS = tuple(_long_arms())
+LR_STUDY_ARMS = tuple(name for name in ARMS if "-lr" in name)
 MD17_ARMS = ("raw", "posenc", "smooth")
 QM9_ARMS = ("raw", "mlp", "posenc", "smooth")
 MD17_BACKBONES = ("egnn", "transformer")
-#: Files a run leaves in the results tree (small, committed).
+#: Files a run leaves in the results tree (small, committed); the tables only where the encoding has them.
 KEPT_FILES = ("result.json", "metrics.csv")
+KEPT_IF_PRESENT = ("encoding_tables.npz",)
 
 
 def md17_atoms(molecule: str) -> int:
@@ -107,14 +202,14 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "reduced": Budget(
-        name="reduced", md17_epochs_9=8, md17_cost_power=1.6, min_epochs=3, qm9_epochs=4, qm9_subset=2620,
+        name="reduced", md17_epochs_9=20, md17_cost_power=1.0, min_epochs=8, qm9_epochs=10, qm9_subset=2620,
         config={"n_layers": 4, "hidden": 64, "batch_size": 16, "schedule": "cosine", "device": "cpu"},
-        description=("CPU, one torch thread per run, about 40-60 CPU-seconds of training per run (sized so that "
-                     "33 runs finish in about an hour on 2 shared cores): MD17 950 train + 50 val frames, all "
-                     "1,000 test frames, EGNN 4x64, batch 16, Adam lr 1e-3 with a per-step cosine decay to 1e-5, "
-                     "8 epochs for a 9-atom molecule (ethanol, malonaldehyde), max(3, 8 (9/n)^1.6) for n atoms "
-                     "(aspirin: 3); QM9: 2,620 molecules of the EGNN split (2,003 train / 355 val / 262 test), "
-                     "4 epochs"),
+        description=("CPU, one torch thread per run, 1-3 CPU-minutes of training per MD17 run (sized so that "
+                     "the grid, the lr study, the ablation and the QM9 runs fit in about an hour on 2 cores): "
+                     "MD17 950 train + 50 val frames, all 1,000 test frames, EGNN 4x64, batch 16, Adam with "
+                     "the arm's tuned lr and a per-step cosine decay to 1e-5, 20 epochs for a 9-atom molecule "
+                     "(ethanol, malonaldehyde), max(8, 20 * 9/n) for n atoms (aspirin: 9); QM9: 2,620 molecules "
+                     "of the EGNN split (2,003 train / 355 val / 262 test), 10 epochs"),
     ),
     "full": Budget(
         name="full", md17_epochs_9=2000, md17_cost_power=0.0, min_epochs=2000, qm9_epochs=1000, qm9_subset=None,
@@ -146,9 +241,9 @@ def _spec(dataset: str, backbone: str, arm: str, seed: int, epochs: int, budget:
           extra: dict[str, Any]) -> RunSpec:
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
-    encoding, lam = ARMS[arm]
-    config = {**budget.config, **extra, "dataset": dataset, "backbone": backbone, "encoding": encoding,
-              "lam": lam, "seed": seed, "epochs": epochs}
+    spec = ARMS[arm]
+    config = {**budget.config, "epochs": epochs, **spec.config, **extra, "dataset": dataset, "backbone": backbone,
+              "encoding": spec.encoding, "lam": spec.lam, "seed": seed}
     return RunSpec(dataset, backbone, arm, seed, config)
 
 
@@ -180,7 +275,7 @@ def expand_grid(*, md17_molecules: Sequence[str] = (), qm9_targets: Sequence[str
                     specs.append(_spec(dataset, backbone, arm, seed, budget.md17_epochs(molecule), budget, extra))
         for target in qm9_targets:
             dataset = "synthetic:qm9" if target == "synthetic" else f"qm9:{target}"
-            extra = {} if target == "synthetic" else {"qm9_subset": budget.qm9_subset}
+            extra = {"lr": QM9_LR, **({} if target == "synthetic" else {"qm9_subset": budget.qm9_subset})}
             for arm in qm9_arms:
                 specs.append(_spec(dataset, "egnn", arm, seed, budget.qm9_epochs, budget, extra))
     return specs
@@ -221,16 +316,19 @@ def reached_bins(distances: np.ndarray, n_bin: int, x_min: float, x_max: float) 
 
 
 def _rel_change(new: np.ndarray, old: np.ndarray) -> float:
-    return float(np.linalg.norm(new - old) / np.linalg.norm(old)) if old.size else float("nan")
+    """||new - old|| / ||old|| (NaN for an empty or all-zero ``old``, e.g. zero initial slopes)."""
+    norm = float(np.linalg.norm(old)) if old.size else 0.0
+    return float(np.linalg.norm(new - old) / norm) if norm > 0 else float("nan")
 
 
 def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
                    distances: np.ndarray | None = None) -> list[dict[str, float]]:
-    """How far each layer's learned table moved from its deterministic initialisation.
+    """How far each layer's learned table moved from its initialisation.
 
     Args:
       npz_path: an ``encoding_tables.npz`` of the training code.
-      init: the tables' initialisation.
+      init: the tables' initialisation, used when the file does not hold the initial tables
+        (``init_values_layer{i}``; files of older runs); it must then be deterministic.
       distances: the training distances (Angstrom); with them the change is also split into the
         rows the data reach and the rows only the smoothness loss can move.
 
@@ -247,7 +345,10 @@ def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
     out = []
     for layer in range(sum(k.startswith("values_layer") for k in arrays)):
         values = arrays[f"values_layer{layer}"]
-        v0, s0 = initial_tables(init, values.shape[0], values.shape[1], x_min, x_max)
+        if f"init_values_layer{layer}" in arrays:
+            v0, s0 = arrays[f"init_values_layer{layer}"], arrays.get(f"init_slopes_layer{layer}")
+        else:
+            v0, s0 = initial_tables(init, values.shape[0], values.shape[1], x_min, x_max)
         row = {"layer": layer, "values_rel_change": _rel_change(values, v0),
                "smooth_init": smoothness_ratio(v0), "smooth_final": smoothness_ratio(values)}
         if distances is not None:
@@ -257,7 +358,7 @@ def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
             row["values_rel_change_unreached"] = _rel_change(values[~reached], v0[~reached])
         if f"slopes_layer{layer}" in arrays:
             slopes = arrays[f"slopes_layer{layer}"]
-            row["slopes_rel_change"] = float(np.linalg.norm(slopes - s0) / np.linalg.norm(s0))
+            row["slopes_rel_change"] = _rel_change(slopes, s0)
         out.append(row)
     return out
 
@@ -294,6 +395,9 @@ def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]
     keep.mkdir(parents=True, exist_ok=True)
     for name in KEPT_FILES:
         shutil.copyfile(scratch / name, keep / name)
+    for name in KEPT_IF_PRESENT:
+        if (scratch / name).is_file():
+            shutil.copyfile(scratch / name, keep / name)
     (keep / "run_info.json").write_text(json.dumps(info, indent=1))
     if result.finished:  # the checkpoints are no longer needed
         for name in ("best.pt", "last.pt"):
@@ -343,6 +447,27 @@ def _worker_init() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The grid
+
+
+def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) -> dict[str, float]:
+    """The lr study's choice for each main MD17 arm: the candidate with the lowest validation force MAE.
+
+    Only the validation error (``best_val`` of ``result.json``) is looked at, never the test error.
+
+    Raises:
+      RuntimeError: a candidate's run is missing or unfinished.
+    """
+    chosen = {}
+    for arm in MD17_ARMS:
+        vals = {}
+        for lr in LR_CANDIDATES:
+            path = results_dir / "runs" / f"md17-{molecule}" / "egnn" / f"{arm}-lr{lr:g}" / f"seed{seed}" / "result.json"
+            result = json.loads(path.read_text()) if path.is_file() else {}
+            if not result.get("finished"):
+                raise RuntimeError(f"the lr study's run {arm} at lr {lr:g} is missing or unfinished ({path})")
+            vals[lr] = result["best_val"]
+        chosen[arm] = min(vals, key=vals.get)
+    return chosen
 
 
 def run_state(spec: RunSpec, results_dir: Path) -> str:
@@ -415,7 +540,8 @@ def collect(results_dir: Path) -> list[dict[str, Any]]:
         dataset_dir, backbone, arm = path.parts[-5:-2]
         cfg = result["config"]
         rows.append({"dataset": cfg["dataset"], "backbone": backbone, "arm": arm, "encoding": cfg["encoding"],
-                     "lam": cfg["lam"], "seed": cfg["seed"], "epochs": cfg["epochs"], "test": result["test"],
+                     "lam": cfg["lam"], "lr": cfg.get("lr", float("nan")), "seed": cfg["seed"], "epochs": cfg["epochs"],
+                     "best_val": result.get("best_val", float("nan")), "test": result["test"],
                      "units": result["units"], "cpu_seconds": info.get("cpu_seconds", float("nan")),
                      "tables": info.get("tables")})
     return rows
@@ -439,15 +565,17 @@ def summarise(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
         if kind == task:
             groups.setdefault((row["dataset"], row["backbone"], row["arm"]), []).append(row)
     metrics = ("force_mae", "energy_mae") if task == "md17" else ("mae",)
-    order = {arm: k for k, arm in enumerate(ARMS)}
+    order = {arm: k for k, arm in enumerate(ARMS)}  # an arm no longer defined sorts last
     out = []
-    for (dataset, backbone, arm), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+    for (dataset, backbone, arm), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], len(order)))):
         summary: dict[str, Any] = {
             "dataset": dataset, "name": dataset.split(":")[1], "backbone": backbone, "arm": arm,
-            "encoding": members[0]["encoding"], "lam": members[0]["lam"], "epochs": members[0]["epochs"],
+            "note": ARMS[arm].note if arm in ARMS else "", "encoding": members[0]["encoding"],
+            "lam": members[0]["lam"], "lr": members[0]["lr"], "epochs": members[0]["epochs"],
             "n_seeds": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
             "unit": members[0]["units"][0],
         }
+        summary["val_mean"], summary["val_std"] = _mean_std([m["best_val"] for m in members])
         for metric in metrics:
             summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std([m["test"][metric] for m in members])
         for key, column in (("values_rel_change", "table_rel_change"),
@@ -527,8 +655,9 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
              "`metrics.csv` (one row per epoch) and `run_info.json` (time; how far the tables moved).",
              "Checkpoints are not kept. MD17 seed k = published rMD17 split k (original MD17 labels).", "",
              "## Arms", ""]
-    for arm, (encoding, lam) in ARMS.items():
-        lines.append(f"- `{arm}`: encoding `{encoding}`, lambda = {lam:g}")
+    for name, arm in ARMS.items():
+        changes = ", ".join(f"{k} = {v}" for k, v in arm.config.items())
+        lines.append(f"- `{name}`: encoding `{arm.encoding}`, lambda = {arm.lam:g}, {changes}: {arm.note}")
     lines += ["", "## Budgets", ""]
     for budget in BUDGETS.values():
         lines.append(f"- `{budget.name}`: {budget.description}.")
@@ -544,23 +673,23 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
                   "  " + ", ".join(f"{k} {v}" for k, v in inv["environment"].items()), ""]
     if md17:
         lines += ["## MD17 (test force MAE meV/Å, energy MAE meV; mean ± std over splits)", "",
-                  "| molecule | backbone | arm | epochs | splits | force MAE | energy MAE | table change (reached / unreached bins) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| molecule | backbone | arm | lr | epochs | splits | force MAE | energy MAE | table change (reached / unreached bins) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in md17:
-            lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['epochs']} | {r['seeds']} | "
+            lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['lr']:g} | {r['epochs']} | {r['seeds']} | "
                          f"{_fmt(r['force_mae_mean'], r['force_mae_std'])} | "
                          f"{_fmt(r['energy_mae_mean'], r['energy_mae_std'])} | {_moved(r)} |")
         lines.append("")
     if qm9:
         lines += ["## QM9 (test MAE in the target's unit; mean ± std over seeds)", "",
-                  "| target | backbone | arm | epochs | seeds | MAE | unit | table change (reached / unreached bins) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| target | backbone | arm | lr | epochs | seeds | MAE | unit | table change (reached / unreached bins) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in qm9:
-            lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['epochs']} | {r['seeds']} | "
+            lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['lr']:g} | {r['epochs']} | {r['seeds']} | "
                          f"{_fmt(r['mae_mean'], r['mae_std'], 2)} | {r['unit']} | {_moved(r)} |")
         lines.append("")
     lines += ["'table change' = ||V_final - V_init|| / ||V_init|| of the Hermite value tables (mean over layers",
-              "and seeds), V_init the deterministic sinusoidal initialisation; in brackets the same over the rows",
+              "and seeds), V_init the table before training (saved by the run); in brackets the same over the rows",
               "that training distances reach and over the rows no training distance reaches.", "",
               "## The paper's numbers", "",
               "`paper_table1.csv` (MD17 force MAE, meV/Å, with the standard deviation where given) and",
@@ -597,8 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MD17 molecules ('synthetic': toy data)")
     p.add_argument("--targets", nargs="+", default=["U0", "homo"], help="QM9 targets ('synthetic': toy data)")
     p.add_argument("--backbones", nargs="+", default=["egnn"], choices=MD17_BACKBONES, help="MD17 backbones")
+    p.add_argument("--study", choices=("main", "lr", "ablation", "long"), default="main",
+                   help="which arms by default: the paper's (main), the lr study (every main arm at each of "
+                        "LR_CANDIDATES), the ablation (posenc varied one knob at a time) or the long check (raw, "
+                        "posenc, posenc-frozen for LONG_EPOCHS); all but main are MD17 only")
     p.add_argument("--arms", nargs="+", default=None, choices=tuple(ARMS),
-                   help="arms (default: raw posenc smooth for MD17, raw mlp posenc smooth for QM9)")
+                   help="arms (default: by --study; main: raw posenc smooth for MD17, raw mlp posenc smooth for QM9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="MD17 splits / QM9 seeds")
     p.add_argument("--qm9-seeds", nargs="+", type=int, default=None, help="QM9 seeds (default: --seeds)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="reduced")
@@ -622,7 +755,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = BUDGETS[args.budget]
     if args.device is not None:
         budget = dataclasses.replace(budget, config={**budget.config, "device": args.device})
-    md17_arms = args.arms or MD17_ARMS
+    if args.study != "main" and args.dataset != "md17":
+        raise SystemExit(f"--study {args.study} runs on MD17 only: pass --dataset md17")
+    md17_arms = args.arms or {"main": MD17_ARMS, "lr": LR_STUDY_ARMS, "ablation": ABLATION_ARMS,
+                                   "long": LONG_ARMS}[args.study]
     qm9_arms = args.arms or QM9_ARMS
     specs = []
     if args.dataset in ("md17", "both"):

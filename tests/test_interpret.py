@@ -1,6 +1,7 @@
 """posenc.interpret: each metric against a direct computation, sampling across backends, input checks."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -226,6 +227,102 @@ def test_load_tables_roundtrip_and_errors(tmp_path):
     np.savez(bad, values_layer0=v, x_min=0.5)
     with pytest.raises(ValueError, match="x_max"):
         I.load_tables(bad)
+
+
+def _save_run(path, layers, initial=None, x_min=0.5, x_max=5.0):
+    """An encoding_tables.npz as the training code writes it (``initial`` adds the init_* arrays)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"x_min": x_min, "x_max": x_max}
+    for prefix, tables in (("", layers), ("init_", initial or [])):
+        for i, (v, s) in enumerate(tables):
+            arrays[f"{prefix}values_layer{i}"] = v
+            if s is not None:
+                arrays[f"{prefix}slopes_layer{i}"] = s
+    np.savez(path, **arrays)
+
+
+def _learned_and_initial(seed=0, n_bin=12, dim=4, layers=2):
+    from posenc.init import initial_tables
+
+    rng = np.random.default_rng(seed)
+    init = [initial_tables("sinusoidal", n_bin, dim, 0.5, 5.0) for _ in range(layers)]
+    learned = [(v + 0.1 * rng.normal(size=v.shape), s + 0.3 * rng.normal(size=s.shape)) for v, s in init]
+    return learned, init
+
+
+def test_load_tables_parts_change_samples_to_learned_minus_initial(tmp_path):
+    learned, init = _learned_and_initial()
+    path = tmp_path / "run" / "encoding_tables.npz"
+    _save_run(path, learned, init)
+    got = {part: I.load_tables(path, part=part) for part in I.PARTS}
+    for i in range(2):
+        np.testing.assert_array_equal(got["learned"][i].values, learned[i][0])
+        np.testing.assert_array_equal(got["initial"][i].slopes, init[i][1])
+        np.testing.assert_allclose(got["change"][i].values, learned[i][0] - init[i][0], atol=1e-15)
+        np.testing.assert_allclose(got["change"][i].slopes, learned[i][1] - init[i][1], atol=1e-15)
+        assert (got["change"][i].x_min, got["change"][i].x_max) == (0.5, 5.0)
+    # The encoding is linear in its tables: sampling the change is h(x) - h0(x), also between the
+    # centres and for the derivative, where the slopes enter.
+    for order in (0, 1):
+        want = I.sample(got["learned"], X, order) - I.sample(got["initial"], X, order)
+        np.testing.assert_allclose(I.sample(got["change"], X, order), want, atol=1e-10)
+        assert np.abs(want).max() > 0.05  # the test would see a wrong sign or a swapped part
+    # the default is unchanged: the learned tables, as before
+    default = I.load_tables(path)
+    for a, b in zip(default, got["learned"]):
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.slopes, b.slopes)
+    assert len(I.load_tables(path, part="initial")) == 2
+
+
+def test_load_tables_change_of_a_linear_layer_has_no_slopes(tmp_path):
+    learned, init = _learned_and_initial(layers=1)
+    path = tmp_path / "lin.npz"
+    _save_run(path, [(learned[0][0], None)], [(init[0][0], None)])
+    (change,) = I.load_tables(path, part="change")
+    assert change.slopes is None
+    np.testing.assert_allclose(change.values, learned[0][0] - init[0][0])
+
+
+def test_load_tables_initial_or_change_of_an_old_file_raise_naming_it(tmp_path):
+    learned, init = _learned_and_initial()
+    old = tmp_path / "old" / "encoding_tables.npz"
+    _save_run(old, learned)  # a run saved before the init_* arrays were recorded
+    assert len(I.load_tables(old)) == 2  # the learned tables still load
+    for part in ("initial", "change"):
+        with pytest.raises(ValueError, match=rf"{old}.*init_values_layer"):
+            I.load_tables(old, part=part)
+        with pytest.raises(ValueError, match=str(old)):
+            I.load_results(str(tmp_path / "*" / "encoding_tables.npz"), part=part)
+    with pytest.raises(ValueError, match="part must be one of"):
+        I.load_tables(old, part="delta")
+    partial = tmp_path / "partial.npz"
+    _save_run(partial, learned, [init[0]])  # the second layer's start is missing
+    with pytest.raises(ValueError, match="values_layer1 has no 'init_values_layer1'"):
+        I.load_tables(partial, part="change")
+    short = tmp_path / "short.npz"
+    _save_run(short, learned, [(v[:-1], s[:-1]) for v, s in init])
+    with pytest.raises(ValueError, match="shape"):
+        I.load_tables(short, part="initial")
+
+
+def test_load_results_keys_parts_and_duplicates(tmp_path):
+    runs = {}
+    for k, target in enumerate(["homo", "U0"]):
+        learned, init = _learned_and_initial(seed=k)
+        _save_run(tmp_path / "runs" / f"qm9-{target}" / "egnn" / "smooth" / "seed1" / "encoding_tables.npz",
+                  learned, init)
+        runs[target] = (learned, init)
+    pattern = str(tmp_path / "runs" / "qm9-*" / "egnn" / "smooth" / "seed1" / "encoding_tables.npz")
+    with pytest.raises(ValueError, match="both have the key 'seed1'"):
+        I.load_results(pattern)  # the default key (the directory's name) cannot tell them apart
+    key = lambda p: p.split(os.sep)[-5].removeprefix("qm9-")  # noqa: E731
+    change = I.load_results(pattern, part="change", key=key)
+    assert list(change) == ["U0", "homo"]  # sorted paths
+    for target, (learned, init) in runs.items():
+        np.testing.assert_allclose(change[target][1].values, learned[1][0] - init[1][0])
+    learned = I.load_results(pattern, key=key)
+    np.testing.assert_array_equal(learned["homo"][0].values, runs["homo"][0][0][0])
 
 
 def test_metrics_table_and_similarity_matrix():

@@ -31,8 +31,9 @@ def test_expand_grid_reduced():
     assert {s.arm for s in qm9} == {"raw", "mlp", "posenc", "smooth"}
     for s in md17:
         assert s.config["md17_split"] == s.seed and s.config["md17_labels"] == "md17"
-        encoding, lam = grid.ARMS[s.arm]
-        assert (s.config["encoding"], s.config["lam"]) == (encoding, lam)
+        arm = grid.ARMS[s.arm]
+        assert (s.config["encoding"], s.config["lam"]) == (arm.encoding, arm.lam)
+        assert s.config["lr"] == grid.TUNED_LR[s.arm]
     budget = grid.BUDGETS["reduced"]
     epochs = {s.dataset: s.config["epochs"] for s in specs}
     assert epochs["md17:ethanol"] == budget.md17_epochs_9
@@ -40,10 +41,39 @@ def test_expand_grid_reduced():
                                          round(budget.md17_epochs_9 * (9 / 21) ** budget.md17_cost_power))
     assert epochs["qm9:U0"] == budget.qm9_epochs
     assert str(md17[0].rel_dir) == "runs/md17-ethanol/egnn/raw/seed1"
-    # every arm of a data set has the same config apart from the encoding and lambda
-    same = [{k: v for k, v in s.config.items() if k not in ("encoding", "lam")} for s in md17 if s.seed == 1
+    # every arm of a data set has the same config apart from the encoding, lambda and tuned rate
+    same = [{k: v for k, v in s.config.items() if k not in ("encoding", "lam", "lr")} for s in md17 if s.seed == 1
             and s.dataset == "md17:ethanol"]
     assert all(c == same[0] for c in same)
+    assert all(s.config["lr"] == grid.QM9_LR for s in qm9)  # one rate for every QM9 arm
+
+
+def test_ablation_arms_change_one_knob_of_posenc():
+    specs = grid.expand_grid(md17_molecules=["ethanol"], md17_arms=("posenc", *grid.ABLATION_ARMS), seeds=[1])
+    ref = specs[0].config
+    assert specs[0].arm == "posenc" and ref["lr"] == grid.TUNED_LR["posenc"]
+    for s in specs[1:]:
+        changed = {k for k in set(ref) | set(s.config) if ref.get(k) != s.config.get(k)}
+        assert changed, s.arm
+        assert changed <= {"encoding", "lam", "init", "freeze_tables", "n_bin", "dim", "x_min", "x_max",
+                           "table_lr_scale"}, (s.arm, changed)
+        assert len(changed - {"lam"}) <= 2, (s.arm, changed)  # init + freezing is the widest change
+    frozen = {s.arm for s in specs if s.config.get("freeze_tables")}
+    assert frozen == {"posenc-frozen", "posenc-normal-frozen"}
+
+
+def test_lr_study_covers_every_candidate_for_each_main_md17_arm():
+    specs = grid.expand_grid(md17_molecules=["ethanol"], md17_arms=grid.LR_STUDY_ARMS, seeds=[1])
+    got = {(s.arm.split("-lr")[0], s.config["lr"]) for s in specs}
+    assert got == {(arm, lr) for arm in grid.MD17_ARMS for lr in grid.LR_CANDIDATES}
+
+
+def test_tuned_rates_are_the_committed_lr_study_winners():
+    """TUNED_LR must be what the committed lr study selects (lowest validation force MAE)."""
+    runs = Path(__file__).resolve().parents[1] / "results" / "runs" / "md17-ethanol" / "egnn"
+    if not any(runs.glob("*-lr*/seed1/result.json")):
+        pytest.fail(f"the lr study's results are missing under {runs}")
+    assert grid.select_rates(runs.parents[2]) == {arm: grid.TUNED_LR[arm] for arm in grid.MD17_ARMS}
 
 
 def test_expand_grid_rejects_bad_input():
@@ -57,10 +87,10 @@ def test_expand_grid_rejects_bad_input():
 
 def fake_run(root: Path, dataset: str, arm: str, seed: int, test: dict, units: list, finished: bool = True,
              tables: list | None = None) -> None:
-    encoding, lam = grid.ARMS[arm]
+    spec = grid.ARMS[arm]
     path = root / "runs" / dataset.replace(":", "-") / "egnn" / arm / f"seed{seed}"
     path.mkdir(parents=True)
-    config = {"dataset": dataset, "encoding": encoding, "lam": lam, "seed": seed, "epochs": 5}
+    config = {"dataset": dataset, "encoding": spec.encoding, "lam": spec.lam, "seed": seed, "epochs": 5, **spec.config}
     (path / "result.json").write_text(json.dumps({"finished": finished, "test": test, "units": units, "config": config}))
     (path / "run_info.json").write_text(json.dumps({"cpu_seconds": 10.0 * seed, "tables": tables}))
 
@@ -116,6 +146,33 @@ def test_table_movement(tmp_path):
     assert grid.smoothness_ratio(np.ones((8, 3))) == 0.0
 
 
+def test_table_movement_from_the_saved_initial_tables(tmp_path):
+    rng = np.random.default_rng(0)
+    v0, s0 = rng.normal(size=(8, 3)), np.zeros((8, 3))  # a random start cannot be rebuilt from its name
+    path = tmp_path / "encoding_tables.npz"
+    np.savez(path, x_min=0.0, x_max=5.0, values_layer0=1.2 * v0, slopes_layer0=s0 + 1.0,
+             init_values_layer0=v0, init_slopes_layer0=s0)
+    (layer,) = grid.table_movement(path, init="normal")
+    assert layer["values_rel_change"] == pytest.approx(0.2)
+    assert np.isnan(layer["slopes_rel_change"])  # relative to all-zero slopes: undefined, not inf
+
+
+def test_select_rates_by_validation_error(tmp_path):
+    for arm, val in (("raw", {3e-4: 5.0, 1e-3: 4.0, 3e-3: 6.0, 1e-2: 4.5}),
+                     ("posenc", {3e-4: 3.0, 1e-3: 4.0, 3e-3: 9.0, 1e-2: 9.5}),
+                     ("smooth", {3e-4: 7.0, 1e-3: 8.0, 3e-3: 2.0, 1e-2: 2.5})):
+        for lr, v in val.items():
+            path = tmp_path / "runs" / "md17-ethanol" / "egnn" / f"{arm}-lr{lr:g}" / "seed1"
+            path.mkdir(parents=True)
+            # the test error disagrees on purpose: the choice must not look at it
+            (path / "result.json").write_text(json.dumps({"finished": True, "best_val": v, "test": {"force_mae": -v},
+                                                          "config": {"lr": lr}}))
+    assert grid.select_rates(tmp_path) == {"raw": 1e-3, "posenc": 3e-4, "smooth": 3e-3}
+    (tmp_path / "runs" / "md17-ethanol" / "egnn" / "raw-lr0.001" / "seed1" / "result.json").unlink()
+    with pytest.raises(RuntimeError, match="raw"):
+        grid.select_rates(tmp_path)
+
+
 def test_reached_bins_and_split_movement(tmp_path):
     # centres 0, 1, 2, 3, 4: a distance in [c_i, c_{i+1}) reads rows i and i + 1
     np.testing.assert_array_equal(grid.reached_bins(np.array([1.5]), 5, 0.0, 4.0), [0, 1, 1, 0, 0])
@@ -148,7 +205,8 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert len(infos) == 2 and all(i["finished"] for i in infos)
     for spec in specs:
         kept = sorted(p.name for p in (results / spec.rel_dir).iterdir())
-        assert kept == ["metrics.csv", "result.json", "run_info.json"]
+        tables = ["encoding_tables.npz"] if spec.arm == "smooth" else []
+        assert kept == sorted(["metrics.csv", "result.json", "run_info.json", *tables])
         assert not list((scratch / spec.rel_dir).glob("*.pt"))  # checkpoints deleted once finished
     smooth = json.loads((results / specs[1].rel_dir / "run_info.json").read_text())
     assert len(smooth["tables"]) == 1 and 0 < smooth["tables"][0]["values_rel_change"] < 1

@@ -8,7 +8,7 @@ import pytest
 
 from molecule_factory import random_molecules
 from posenc.torch.train import TrainConfig, load_checkpoint, train
-from posenc.training import QUICK_PROFILE, output_stats, parse_dataset, resolve
+from posenc.training import QUICK_PROFILE, cosine_factor, cut_data, output_stats, parse_dataset, resolve
 
 TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, progress=False,
             encoding_kwargs={"n_bin": 8, "dim": 4})
@@ -53,7 +53,8 @@ def test_files_of_a_run(tmp_path):
     assert saved["test"] == result.test and set(result.test) == {"energy_mae", "force_mae"}
     assert saved["config"]["encoding"] == "hermite" and saved["units"] == ["meV"]
     tables = np.load(out / "encoding_tables.npz")
-    assert set(tables.files) == {"values_layer0", "slopes_layer0", "values_layer1", "slopes_layer1", "x_min", "x_max"}
+    layers = {f"{k}_layer{i}" for k in ("values", "slopes") for i in (0, 1)}
+    assert set(tables.files) == layers | {f"init_{k}" for k in layers} | {"x_min", "x_max"}
     assert tables["values_layer0"].shape == (8, 4)
     assert float(tables["x_min"]) == result.x_range[0] and float(tables["x_max"]) == result.x_range[1]
     state = load_checkpoint(out / "last.pt", resumable=True)
@@ -131,3 +132,63 @@ def test_haiku_backend_trains_and_resumes(tmp_path):
     assert set(whole.test) == {"energy_mae", "force_mae"} and np.isfinite(whole.test["force_mae"])
     tables = np.load(tmp_path / "whole" / "encoding_tables.npz")
     assert tables["values_layer0"].shape == (8, 4) and "slopes_layer0" in tables.files
+
+
+def test_given_data_is_cut_like_loaded_data(tmp_path):
+    data = md17_like()
+    base = dict(dataset="md17:toy", epochs=2, **{**TINY, "n_train": None, "n_val": None, "n_test": None})
+    cut = train(TrainConfig(out_dir=str(tmp_path / "cut"), **{**base, "n_train": 5, "n_test": 2}), data)
+    pre = {"train": data["train"].subset(np.arange(5)), "val": data["val"], "test": data["test"].subset(np.arange(2))}
+    ref = train(TrainConfig(out_dir=str(tmp_path / "ref"), **base), pre)
+    assert losses(cut.history) == losses(ref.history) and cut.test == ref.test
+    with pytest.raises(ValueError, match="n_train must be >= 1"):
+        cut_data(data, TrainConfig(n_train=0))
+    with pytest.raises(ValueError, match="'test' is missing"):
+        cut_data({"train": data["train"], "val": data["val"]}, TrainConfig())
+
+
+def _moved(npz):
+    with np.load(npz) as f:
+        return [float(np.abs(f[f"values_layer{i}"] - f[f"init_values_layer{i}"]).max()) for i in range(1)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "haiku"])
+def test_frozen_tables_never_move_and_the_rest_still_learns(tmp_path, backend):
+    data = md17_like()
+    base = dict(dataset="md17:toy", backend=backend, epochs=3, lam=0.1, **TINY)
+    frozen = train(TrainConfig(out_dir=str(tmp_path / "frozen"), freeze_tables=True, **base), data)
+    trained = train(TrainConfig(out_dir=str(tmp_path / "trained"), **base), data)
+    assert _moved(tmp_path / "frozen" / "encoding_tables.npz") == [0.0]
+    assert _moved(tmp_path / "trained" / "encoding_tables.npz")[0] > 0
+    # the rest of the model trains: the loss moves, and differently from the run with learned tables
+    assert frozen.history[-1]["train_data"] != frozen.history[0]["train_data"]
+    assert losses(frozen.history) != losses(trained.history)
+
+
+@pytest.mark.parametrize("backend", ["torch", "haiku"])
+def test_table_learning_rate_scale(tmp_path, backend):
+    data = md17_like()
+    base = dict(dataset="md17:toy", backend=backend, epochs=2, **TINY)
+    moved = {}
+    for scale in (0.1, 1.0, 10.0):
+        train(TrainConfig(out_dir=str(tmp_path / str(scale)), table_lr_scale=scale, **base), data)
+        moved[scale] = _moved(tmp_path / str(scale) / "encoding_tables.npz")[0]
+    assert 0 < moved[0.1] < moved[1.0] < moved[10.0]
+    # Adam's first step moves each entry by about the rate, so the move scales about linearly
+    assert moved[10.0] / moved[1.0] > 3 and moved[1.0] / moved[0.1] > 3
+
+
+def test_table_switches_need_a_table_encoding():
+    for bad in (dict(freeze_tables=True), dict(table_lr_scale=2.0)):
+        with pytest.raises(ValueError, match="table encoding"):
+            resolve(TrainConfig(encoding="raw", **bad))
+    with pytest.raises(ValueError, match="table_lr_scale must be > 0"):
+        resolve(TrainConfig(table_lr_scale=0.0))
+
+
+def test_cosine_schedule_matches_optax():
+    import optax
+
+    schedule = optax.cosine_decay_schedule(1e-3, 100, alpha=0.01)
+    for step in (0, 1, 37, 99, 100, 150):
+        assert 1e-3 * cosine_factor(step, 100, 0.01) == pytest.approx(float(schedule(step)), rel=1e-5)  # optax: float32

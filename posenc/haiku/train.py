@@ -37,6 +37,7 @@ from posenc.training import (
     TrainResult,
     atomic_write,
     check_resumable,
+    cut_data,
     encoding_overrides,
     encoding_range,
     epoch_seed,
@@ -63,10 +64,34 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     return optax.constant_schedule(config.lr)
 
 
+def is_table(path: str, name: str) -> bool:
+    """Whether parameter ``name`` of module ``path`` is a distance table (values or slopes of a table encoding)."""
+    return name in ("values", "slopes") and "encoding" in path
+
+
+def table_scale(factor: float) -> optax.GradientTransformation:
+    """Multiplies the updates of the distance tables by ``factor`` (0 freezes them), others unchanged.
+
+    After Adam this is the same as a ``factor`` times larger rate for the tables, as the torch
+    backend's second parameter group.
+    """
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        scaled = {path: {name: u * factor if is_table(path, name) else u for name, u in leaves.items()}
+                  for path, leaves in updates.items()}
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: TrainConfig, rate: optax.Schedule) -> optax.GradientTransformation:
-    """Adam/AdamW at ``rate`` with the config's gradient clipping."""
-    opt = optax.adam(rate) if config.optimizer == "adam" else optax.adamw(rate, weight_decay=config.weight_decay)
-    return opt if config.grad_clip is None else optax.chain(optax.clip_by_global_norm(config.grad_clip), opt)
+    """Adam/AdamW at ``rate`` with the config's gradient clipping and table rate (or freezing)."""
+    parts = [] if config.grad_clip is None else [optax.clip_by_global_norm(config.grad_clip)]
+    parts.append(optax.adam(rate) if config.optimizer == "adam" else optax.adamw(rate, weight_decay=config.weight_decay))
+    factor = 0.0 if config.freeze_tables else config.table_lr_scale
+    if factor != 1.0:
+        parts.append(table_scale(factor))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def make_loss(apply: Callable[[Any, Graph], jax.Array], scale: np.ndarray, config: TrainConfig,
@@ -135,7 +160,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
     if config.backbone != "egnn":
         raise ValueError(f"the haiku backend has the EGNN only, not {config.backbone!r}")
     with jax.enable_x64(config.dtype == "float64"):
-        return _train(config, load_data(config) if data is None else data)
+        return _train(config, load_data(config) if data is None else cut_data(data, config))
 
 
 class Steps(NamedTuple):
@@ -229,9 +254,10 @@ def _train(config: TrainConfig, data: dict[str, Molecules]) -> TrainResult:
         check_resumable(state["config"], config)
         params, opt_state = jax.tree.map(jnp.asarray, (state["params"], state["opt_state"]))
         start, history, best = state["epoch"], state["history"], state["best"]
-    else:
-        first = graph(train_set, np.arange(min(bs, len(train_set))))
-        params = init(jax.random.PRNGKey(config.seed), first)
+    first = graph(train_set, np.arange(min(bs, len(train_set))))
+    initial_params = init(jax.random.PRNGKey(config.seed), first)  # also a resumed run's initial tables
+    if not config.resume:
+        params = initial_params
         opt_state = tx.init(params)
         start, history, best = 0, [], {"epoch": 0, "val": math.inf}
 
@@ -273,7 +299,8 @@ def _train(config: TrainConfig, data: dict[str, Molecules]) -> TrainResult:
         tables = encoding_tables(best_params)
         if tables:
             table_range = (float(overrides.get("x_min", x_range[0])), float(overrides.get("x_max", x_range[1])))
-            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range)
+            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range,
+                                 initial=encoding_tables(initial_params))
     result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
                          test=test, units=train_set.target_units, x_range=x_range, finished=finished)
     result.write(config)

@@ -51,7 +51,19 @@ class TableEncoding(nn.Module):
 
     values: nn.Parameter
 
-    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, out_of_range: str) -> None:
+    def __init__(
+        self,
+        n_bin: int,
+        dim: int,
+        x_min: float,
+        x_max: float,
+        *,
+        init: str = "sinusoidal",
+        init_scale: float = 1.0,
+        out_of_range: str = "error",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.delta = check_grid(n_bin, x_min, x_max)
         check_dim(dim)
@@ -59,9 +71,20 @@ class TableEncoding(nn.Module):
         self.n_bin, self.dim = int(n_bin), int(dim)
         self.x_min, self.x_max = float(x_min), float(x_max)
         self.out_of_range = out_of_range
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        if init == "normal":  # torch's own RNG, so torch.manual_seed governs it
+            values = torch.randn(n_bin, dim, **factory) * init_scale
+            slopes = torch.zeros(n_bin, dim, **factory)
+        else:
+            v, g = initial_tables(init, n_bin, dim, x_min, x_max, scale=init_scale)
+            values, slopes = torch.as_tensor(v, **factory), torch.as_tensor(g, **factory)
+        self.values = nn.Parameter(values)  # [n_bin, dim]
+        if self._has_slopes:
+            self.slopes = nn.Parameter(slopes)  # [n_bin, dim]
 
     # --- defined by subclasses -------------------------------------------------------------
     _coeffs: tuple[np.ndarray, ...]
+    _has_slopes: bool
 
     def stacked_table(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -175,30 +198,7 @@ class HermiteEncoding(TableEncoding):
     """
 
     _coeffs = _HERMITE_COEFFS
-
-    def __init__(
-        self,
-        n_bin: int,
-        dim: int,
-        x_min: float,
-        x_max: float,
-        *,
-        init: str = "sinusoidal",
-        init_scale: float = 1.0,
-        out_of_range: str = "error",
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(n_bin, dim, x_min, x_max, out_of_range)
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        if init == "normal":  # torch's own RNG, so torch.manual_seed governs it
-            values = torch.randn(n_bin, dim, **factory) * init_scale
-            slopes = torch.zeros(n_bin, dim, **factory)
-        else:
-            v, s = initial_tables(init, n_bin, dim, x_min, x_max, scale=init_scale)
-            values, slopes = torch.as_tensor(v, **factory), torch.as_tensor(s, **factory)
-        self.values = nn.Parameter(values)  # [n_bin, dim]
-        self.slopes = nn.Parameter(slopes)  # [n_bin, dim]
+    _has_slopes = True
 
     def stacked_table(self) -> torch.Tensor:
         """``[2 n_bin, dim]``: the values, then the slopes scaled by delta (t-units)."""
@@ -216,27 +216,7 @@ class LinearEncoding(TableEncoding):
     """
 
     _coeffs = _LINEAR_COEFFS
-
-    def __init__(
-        self,
-        n_bin: int,
-        dim: int,
-        x_min: float,
-        x_max: float,
-        *,
-        init: str = "sinusoidal",
-        init_scale: float = 1.0,
-        out_of_range: str = "error",
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(n_bin, dim, x_min, x_max, out_of_range)
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        if init == "normal":
-            values = torch.randn(n_bin, dim, **factory) * init_scale
-        else:
-            values = torch.as_tensor(initial_tables(init, n_bin, dim, x_min, x_max, scale=init_scale)[0], **factory)
-        self.values = nn.Parameter(values)  # [n_bin, dim]
+    _has_slopes = False
 
     def stacked_table(self) -> torch.Tensor:
         return self.values

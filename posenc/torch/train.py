@@ -43,6 +43,8 @@ from posenc.training import (
     TrainResult,
     atomic_write,
     check_resumable,
+    cosine_factor,
+    cut_data,
     encoding_overrides,
     encoding_range,
     epoch_seed,
@@ -55,7 +57,7 @@ from posenc.training import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "build_model", "encoding_tables", "evaluate", "load_checkpoint",
-           "loss_terms", "train"]
+           "loss_terms", "table_parameters", "train"]
 
 CHECKPOINT_FORMAT = "posenc-torch-checkpoint-1"
 #: A weights checkpoint (``best.pt``) holds these; a resumable one (``last.pt``) all of CHECKPOINT_KEYS.
@@ -136,23 +138,38 @@ def encoding_tables(model: nn.Module) -> tuple[list[dict[str, np.ndarray]], tupl
     tables, x_range = [], None
     for name, module in model.named_modules():
         if isinstance(module, TableEncoding) and "sbf" not in name.split("."):
-            table = {"values": module.values.detach().cpu().numpy()}
+            table = {"values": module.values.detach().cpu().numpy().copy()}  # a copy: training moves the parameters
             if hasattr(module, "slopes"):
-                table["slopes"] = module.slopes.detach().cpu().numpy()
+                table["slopes"] = module.slopes.detach().cpu().numpy().copy()
             tables.append(table)
             x_range = (module.x_min, module.x_max)
     return tables, x_range
 
 
+def table_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the model's distance tables (values and slopes of every table encoding)."""
+    return [p for m in model.modules() if isinstance(m, TableEncoding) for p in m.parameters(recurse=False)]
+
+
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam/AdamW over two groups: the tables (at ``table_lr_scale`` x lr, or left out when frozen)
+    and everything else."""
+    tables = table_parameters(model)
+    if config.freeze_tables:
+        for p in tables:
+            p.requires_grad_(False)
+    table_ids = {id(p) for p in tables}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in table_ids], "lr": config.lr}]
+    if tables and not config.freeze_tables:
+        groups.append({"params": tables, "lr": config.lr * config.table_lr_scale})
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
-    if config.schedule == "cosine":  # stepped per batch, over the whole run
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch,
-                                                          eta_min=config.min_lr)
+    if config.schedule == "cosine":  # stepped per batch, over the whole run; each group's rate scaled alike
+        total, alpha = config.epochs * steps_per_epoch, config.min_lr / config.lr
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, alpha))
     if config.schedule == "plateau":  # stepped per epoch on the validation error
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.patience,
                                                           min_lr=config.min_lr)
@@ -217,7 +234,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)  # Gaussian tails would otherwise hit slow float32 denormals
-    data = load_data(config) if data is None else data
+    data = load_data(config) if data is None else cut_data(data, config)
     train_set, out_dir = data["train"], Path(config.out_dir)
     dtype, cutoff = getattr(torch, config.dtype), graph_cutoff(config.backbone)
     x_range = encoding_range(config, train_set)
@@ -226,6 +243,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
     model = build_model(config, x_range, train_set.targets.shape[1])
     stats = output_stats(train_set, N_SPECIES)
     set_output_stats(model, **stats)
+    initial_tables = encoding_tables(model)[0]  # before any step (a resumed run rebuilds the same init)
     scale = torch.as_tensor(stats["scale"], dtype=dtype, device=config.device)
     optimizer = _optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -294,7 +312,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
         test = evaluate(model, graphs(data["test"]))
         tables, table_range = encoding_tables(model)
         if tables:
-            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range)
+            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables)
     result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
                          test=test, units=train_set.target_units, x_range=x_range, finished=finished)
     result.write(config)

@@ -36,6 +36,22 @@ def build_distance_encoding(name: str, x_max: float, overrides: dict[str, Any] |
     return make_encoding(name, **kwargs)
 
 
+def layer_encodings(name: str, x_max: float, overrides: dict[str, Any] | None, n_layers: int, share: bool, *,
+                    dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> tuple[nn.Module | None, list[nn.Module | None], int]:
+    """The distance encodings of an ``n_layers`` model: one per layer, or one shared by all.
+
+    Returns:
+      ``(shared, per_layer, dim)``: with ``share`` the one encoding, ``n_layers`` Nones and its
+      output size; otherwise None, one new encoding per layer and their output size.
+    """
+    encodings = [build_distance_encoding(name, x_max, overrides, dtype=dtype, device=device)
+                 for _ in range(1 if share else n_layers)]
+    if share:
+        return encodings[0], [None] * n_layers, encodings[0].dim
+    return None, list(encodings), encodings[0].dim
+
+
 def check_batch(batch: Batch, like: torch.Tensor, n_species: int = N_SPECIES) -> None:
     """Raises a clear error when ``batch`` cannot go through a model whose parameters are like ``like``.
 

@@ -30,9 +30,9 @@ from posenc.torch.models.common import (
     N_SPECIES,
     AtomEmbedding,
     EnergyHead,
-    build_distance_encoding,
     check_batch,
     edge_geometry,
+    layer_encodings,
 )
 
 
@@ -129,12 +129,12 @@ class Transformer(nn.Module):
         factory = {"dtype": dtype, "device": device}
         self.n_species = n_species
         self.embedding = AtomEmbedding(hidden, n_species, **factory)
-        encodings = [build_distance_encoding(encoding, x_max, encoding_kwargs, **factory)
-                     for _ in range(1 if share_encoding else n_layers)]
-        if share_encoding:
-            self.encoding = encodings[0]
+        shared, per_layer, enc_dim = layer_encodings(encoding, x_max, encoding_kwargs, n_layers, share_encoding,
+                                                     **factory)
+        if shared is not None:
+            self.encoding = shared
         self.layers = nn.ModuleList(
-            TransformerLayer(hidden, n_heads, None if share_encoding else encodings[k], encodings[0].dim,
+            TransformerLayer(hidden, n_heads, per_layer[k], enc_dim,
                              ffn_mult=ffn_mult, **factory)
             for k in range(n_layers)
         )
