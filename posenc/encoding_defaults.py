@@ -68,18 +68,33 @@ def distance_encoding_kwargs(name: str, x_max: float, overrides: dict[str, Any] 
     return kwargs
 
 
-def max_distance(mols: Molecules) -> float:
-    """The longest interatomic distance inside any molecule of ``mols`` (Angstrom)."""
-    longest = 0.0
+def distance_extent(mols: Molecules) -> tuple[float, float]:
+    """The shortest and the longest interatomic distance inside any molecule of ``mols`` (Angstrom).
+
+    Raises:
+      ValueError: no molecule has two atoms.
+    """
+    shortest, longest = np.inf, 0.0
     for n in np.unique(mols.n_atoms):
         if n < 2:
             continue
         same_size = np.flatnonzero(mols.n_atoms == n)
+        iu = np.triu_indices(int(n), k=1)
         for sel in np.array_split(same_size, -(-same_size.size // 1024)):  # chunks bound the memory
             pos = mols.pos[mols.atom_index(sel)].reshape(sel.size, n, 3)  # [m, n, 3]
-            diff = pos[:, :, None, :] - pos[:, None, :, :]  # [m, n, n, 3]
-            longest = max(longest, float(np.sqrt((diff**2).sum(-1)).max()))
-    return longest
+            dist = np.linalg.norm(pos[:, iu[0]] - pos[:, iu[1]], axis=-1)  # [m, pairs]
+            shortest, longest = min(shortest, float(dist.min())), max(longest, float(dist.max()))
+    if not np.isfinite(shortest):
+        raise ValueError("no molecule has two atoms: there is no interatomic distance")
+    return shortest, longest
+
+
+def max_distance(mols: Molecules) -> float:
+    """The longest interatomic distance inside any molecule of ``mols`` (Angstrom; 0 without pairs)."""
+    try:
+        return distance_extent(mols)[1]
+    except ValueError:
+        return 0.0
 
 
 def distance_range(mols: Molecules) -> tuple[float, float]:

@@ -679,8 +679,8 @@ def load_results(
     """Tables of every results file matching a glob, keyed by task.
 
     Examples:
-      ``load_results("results/qm9/*/encoding_tables.npz")`` -> ``{"U0": [...], ...}`` (the
-      default key is the name of the file's directory).
+      ``load_results("tables/*/encoding_tables.npz")`` -> ``{"U0": [...], ...}`` for files
+      ``tables/U0/encoding_tables.npz``, ... (the default key is the name of the file's directory).
 
       ``load_results("results/runs/qm9-*/egnn/smooth/seed1/encoding_tables.npz", part="change",
       key=lambda p: Path(p).parts[-5].removeprefix("qm9-"))`` -> what training added, per target.
