@@ -115,6 +115,8 @@ def _ablation_arms() -> dict[str, Arm]:
     lr = {"lr": TUNED_LR["posenc"]}
     one = {  # name: (encoding, lambda, changes, note)
         "posenc-frozen": ("hermite", 0.0, {"freeze_tables": True}, "sinusoidal table never trained (fixed basis)"),
+        "posenc-frozen-rate0.003": ("hermite", 0.0, {"freeze_tables": True, "lr": 3e-3},
+                                    "the frozen control again at lr 3e-3 (posenc-lr0.003 is its trained twin)"),
         "posenc-normal": ("hermite", 0.0, {"init": "normal"}, "i.i.d. N(0, 1) values, zero slopes"),
         "posenc-normal-frozen": ("hermite", 0.0, {"init": "normal", "freeze_tables": True},
                                  "random table never trained"),
