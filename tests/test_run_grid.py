@@ -160,9 +160,10 @@ def test_table_movement_from_the_saved_initial_tables(tmp_path):
 
 
 def test_select_rates_by_validation_error(tmp_path):
-    for arm, val in (("raw", {3e-4: 5.0, 1e-3: 4.0, 3e-3: 6.0, 1e-2: 4.5}),
-                     ("posenc", {3e-4: 3.0, 1e-3: 4.0, 3e-3: 9.0, 1e-2: 9.5}),
-                     ("smooth", {3e-4: 7.0, 1e-3: 8.0, 3e-3: 2.0, 1e-2: 2.5})):
+    for arm, val in (("raw", {3e-4: 5.0, 1e-3: 4.0, 3e-3: 6.0, 1e-2: 4.5, 3e-2: 50.0}),
+                     ("posenc", {3e-4: 3.0, 1e-3: 4.0, 3e-3: 9.0, 1e-2: 9.5, 3e-2: 50.0}),
+                     ("smooth", {3e-4: 7.0, 1e-3: 8.0, 3e-3: 2.0, 1e-2: 2.5, 3e-2: 50.0})):
+        assert set(val) == set(grid.LR_CANDIDATES)
         for lr, v in val.items():
             path = tmp_path / "runs" / "md17-ethanol" / "egnn" / f"{arm}-lr{lr:g}" / "seed1"
             path.mkdir(parents=True)
