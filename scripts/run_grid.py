@@ -154,6 +154,11 @@ def _long_arms() -> dict[str, Arm]:
     # raw at its tuned 3e-3 collapses to F = 0 over the longer schedule; 1e-3 is the calibration note's rate
     long["raw-long-lr0.001"] = dataclasses.replace(long["raw-long"], config={"lr": 1e-3, "epochs": LONG_EPOCHS},
                                                    note=f"raw d^2 at lr 1e-3, {LONG_EPOCHS} epochs")
+    # posenc's 1e-2 collapses the frozen table over the longer schedule: the pair again at 3e-3
+    for name in ("posenc-long", "posenc-frozen-long"):
+        arm = long[name]
+        long[f"{name}-rate0.003"] = dataclasses.replace(arm, config={**arm.config, "lr": 3e-3},
+                                                        note=f"{arm.note}, lr 3e-3")
     return long
 
 
