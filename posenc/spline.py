@@ -101,6 +101,12 @@ def check_dim(dim: int) -> None:
         raise ValueError(f"dim must be >= 1, got {dim}")
 
 
+def check_scale(scale: float) -> None:
+    """Raises ValueError unless ``scale`` (an input multiplier) is finite and > 0."""
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale}")
+
+
 def bin_centres(n_bin: int, x_min: float, x_max: float) -> np.ndarray:
     """The ``[n_bin]`` evenly spaced centres from ``x_min`` to ``x_max`` (float64)."""
     check_grid(n_bin, x_min, x_max)

@@ -26,6 +26,7 @@ from posenc.spline import (
     check_dim,
     check_grid,
     check_policy,
+    check_scale,
     out_of_range_message,
 )
 
@@ -170,6 +171,7 @@ class RawEncoding(hk.Module):
         super().__init__(name=name)
         if power not in (1, 2):
             raise ValueError(f"power must be 1 or 2, got {power}")
+        check_scale(scale)
         self.scale, self.power, self.dim = float(scale), int(power), 1
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -180,12 +182,13 @@ class RawEncoding(hk.Module):
 
 
 class MLPEncoding(hk.Module):
-    """The paper's "+MLP" baseline: a 2-layer ReLU MLP of the scalar x."""
+    """The paper's "+MLP" baseline: a 2-layer ReLU MLP of ``scale * x``; see ``posenc.torch.MLPEncoding``."""
 
-    def __init__(self, dim: int, hidden: int = 64, name: str | None = None) -> None:
+    def __init__(self, dim: int, hidden: int = 64, scale: float = 1.0, name: str | None = None) -> None:
         super().__init__(name=name)
         check_dim(dim)
-        self.dim = int(dim)
+        check_scale(scale)
+        self.dim, self.scale = int(dim), float(scale)
         # built here, not in __call__, so Haiku names them "<name>/~/linear_k" (posenc.convert's rule)
         self.linear_0 = hk.Linear(int(hidden), name="linear_0")
         self.linear_1 = hk.Linear(self.dim, name="linear_1")
@@ -194,7 +197,7 @@ class MLPEncoding(hk.Module):
         """``[...]`` -> ``[..., dim]``."""
         _check_input(x)
         check_finite(x)
-        return self.linear_1(jax.nn.relu(self.linear_0(x[..., None])))  # [..., hidden] -> [..., dim]
+        return self.linear_1(jax.nn.relu(self.linear_0((self.scale * x)[..., None])))  # [..., hidden] -> [..., dim]
 
 
 class GaussianEncoding(hk.Module):

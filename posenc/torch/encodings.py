@@ -21,6 +21,7 @@ from posenc.spline import (
     check_dim,
     check_grid,
     check_policy,
+    check_scale,
     out_of_range_message,
 )
 from posenc.torch.cutoff import smooth_cutoff
@@ -229,36 +230,48 @@ class RawEncoding(nn.Module):
     """The backbone's own scalar: ``(scale * x) ** power`` as a 1-vector (EGNN uses power=2).
 
     Args:
-      scale: multiplies x before the power (a fixed unit change).
+      scale: multiplies x before the power (> 0). Training sets it to 1 / the training set's
+        root-mean-square distance (:func:`posenc.encoding_defaults.distance_scale`), so the
+        feature is of order one for any molecule size; it is a buffer, saved with the model.
       power: 1 (distance) or 2 (squared distance).
     """
+
+    scale: torch.Tensor
 
     def __init__(self, scale: float = 1.0, power: int = 1) -> None:
         super().__init__()
         if power not in (1, 2):
             raise ValueError(f"power must be 1 or 2, got {power}")
-        self.scale, self.power, self.dim = float(scale), int(power), 1
+        check_scale(scale)
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
+        self.power, self.dim = int(power), 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[...]`` -> ``[..., 1]``."""
         _check_input(x)
         check_finite(x)
-        return ((self.scale * x) ** self.power).unsqueeze(-1)
+        return ((self.scale.to(x.dtype) * x) ** self.power).unsqueeze(-1)
 
 
 class MLPEncoding(nn.Module):
-    """The paper's "+MLP" baseline: a 2-layer ReLU MLP of the scalar x.
+    """The paper's "+MLP" baseline: a 2-layer ReLU MLP of the scalar ``scale * x``.
 
     Args:
       dim: output size.
       hidden: hidden width.
+      scale: multiplies x first (> 0; a buffer, saved with the model): training sets it like
+        :class:`RawEncoding`'s, so the MLP sees inputs of order one.
       dtype, device: of the parameters.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, *, dtype: torch.dtype | None = None,
+    scale: torch.Tensor
+
+    def __init__(self, dim: int, hidden: int = 64, scale: float = 1.0, *, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         check_dim(dim)
+        check_scale(scale)
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
         self.dim = int(dim)
         self.linear_0 = nn.Linear(1, hidden, dtype=dtype, device=device)
         self.linear_1 = nn.Linear(hidden, dim, dtype=dtype, device=device)
@@ -267,7 +280,7 @@ class MLPEncoding(nn.Module):
         """``[...]`` -> ``[..., dim]``."""
         _check_input(x, self.linear_0.weight)
         check_finite(x)
-        return self.linear_1(torch.relu(self.linear_0(x.unsqueeze(-1))))
+        return self.linear_1(torch.relu(self.linear_0((self.scale.to(x.dtype) * x).unsqueeze(-1))))
 
 
 class GaussianEncoding(nn.Module):
