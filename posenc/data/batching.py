@@ -37,6 +37,10 @@ class Batch:
       edge_index: ``[2, E]`` int64; row 0 the sender j, row 1 the receiver i.
       targets: ``[M, T]`` per-molecule labels, in the :class:`Molecules` units.
       forces: ``[A, 3]`` forces in meV/Angstrom, or None.
+      dense_size: n when every molecule has the same n atoms and ``edge_index`` is the fully
+        connected graph of :func:`fully_connected_edges` (every MD17 batch): models may then work
+        on dense ``[M, n, n, ...]`` pair tensors instead of edge lists. None otherwise. Set once,
+        when the batch is built, so no model needs to inspect the tensors to know it.
     """
 
     z: torch.Tensor
@@ -46,6 +50,7 @@ class Batch:
     edge_index: torch.Tensor
     targets: torch.Tensor
     forces: torch.Tensor | None = None
+    dense_size: int | None = None
 
     @property
     def n_atoms(self) -> torch.Tensor:
@@ -189,7 +194,9 @@ def collate(
     else:
         edge_index = radius_edges(pos, batch, cutoff)
     forces = None if mols.forces is None else torch.as_tensor(mols.forces[atoms], dtype=dtype, device=device)
+    uniform = cutoff is None and bool((n_atoms == n_atoms[0]).all())
     return Batch(
+        dense_size=int(n_atoms[0]) if uniform else None,
         z=torch.as_tensor(mols.z[atoms], device=device),
         pos=pos,
         batch=batch,
