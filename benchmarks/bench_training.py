@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from posenc.data.batching import collate
+from posenc.torch.batching import collate
 from posenc.data.molecules import Molecules
 from posenc.torch.models import graph_cutoff, make_model, set_output_stats
 from posenc.torch.train import loss_terms

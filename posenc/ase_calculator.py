@@ -28,7 +28,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from torch import nn
 
-from posenc.data.batching import collate
+from posenc.torch.batching import collate
 from posenc.data.molecules import Molecules
 from posenc.torch.models import energy_and_forces, graph_cutoff
 from posenc.torch.models.common import N_SPECIES

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from posenc.data.batching import collate
+from posenc.torch.batching import collate
 from posenc.data.molecules import Molecules
 from posenc.torch.models import energy_and_forces
 

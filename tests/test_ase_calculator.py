@@ -12,7 +12,7 @@ from ase.md.verlet import VelocityVerlet
 from scipy.spatial.transform import Rotation
 
 from posenc.ase_calculator import PosencCalculator
-from posenc.data.batching import collate
+from posenc.torch.batching import collate
 from posenc.data.molecules import Molecules
 from posenc.torch.models import energy_and_forces, make_model, set_output_stats
 from posenc.torch.models.common import N_SPECIES

@@ -1,11 +1,13 @@
-"""Molecules -> graphs: edges, radius graphs, torch and JAX collation, epoch order."""
+"""Molecules -> graphs: numpy edges and radius graphs, torch and JAX collation, epoch order."""
 
 import numpy as np
 import pytest
 import torch
 
 from molecule_factory import random_molecules
-from posenc.data.batching import Batch, batches, collate, collate_jax, fully_connected_edges, radius_edges
+from posenc.data.graphs import batches, fully_connected_edges, radius_edges
+from posenc.haiku.batching import collate_jax
+from posenc.torch.batching import Batch, collate
 
 
 def brute_force_edges(n_atoms, pos=None, cutoff=None):
@@ -33,22 +35,21 @@ def test_fully_connected_edges_match_brute_force():
 
 def test_radius_edges_match_brute_force():
     mols = random_molecules([5, 7, 2], seed=1, spread=2.0)
-    pos = torch.as_tensor(mols.pos)
-    batch = torch.repeat_interleave(torch.arange(3), torch.as_tensor(mols.n_atoms))
     for cutoff in (1.5, 3.0, 100.0):
-        edges = radius_edges(pos, batch, cutoff)
+        edges = radius_edges(mols.pos, mols.n_atoms, cutoff)
+        assert edges.dtype == np.int64
         assert as_set(edges) == brute_force_edges(mols.n_atoms, mols.pos, cutoff)
-    assert as_set(radius_edges(pos, batch, 100.0)) == as_set(fully_connected_edges(mols.n_atoms))
+    np.testing.assert_array_equal(radius_edges(mols.pos, mols.n_atoms, 100.0), fully_connected_edges(mols.n_atoms))
 
 
 def test_radius_edges_reject_bad_input():
-    pos = torch.zeros(4, 3)
-    with pytest.raises(ValueError, match="non-decreasing"):
-        radius_edges(pos, torch.tensor([0, 1, 0, 1]), 2.0)
+    pos = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="adds up to 3"):
+        radius_edges(pos, np.array([1, 2]), 2.0)
     with pytest.raises(ValueError, match="cutoff"):
-        radius_edges(pos, torch.tensor([0, 0, 1, 1]), 0.0)
-    with pytest.raises(TypeError, match="int64"):
-        radius_edges(pos, torch.tensor([0, 0, 1, 1], dtype=torch.int32), 2.0)
+        radius_edges(pos, np.array([2, 2]), 0.0)
+    with pytest.raises(ValueError, match=r"\[A, 3\]"):
+        radius_edges(np.zeros((4, 2)), np.array([2, 2]), 2.0)
 
 
 def test_collate_selects_molecules_in_order():

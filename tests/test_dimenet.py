@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch_geometric.nn.models.dimenet as pyg_dimenet
 
-from posenc.data.batching import collate, radius_edges
+from posenc.data.graphs import radius_edges
 from posenc.data.molecules import Molecules
+from posenc.torch.batching import collate
 from posenc.torch import ENCODINGS, TableEncoding, total_smoothness_loss
 from posenc.torch.models.dimenet import ANGLE_ENCODING_DEFAULTS, DimeNetPlusPlus, SphericalBasis, triplets
 
@@ -126,7 +127,8 @@ def test_matches_torch_geometric_with_our_graph(pyg_spherical_basis, monkeypatch
     model.load_state_dict(reference.state_dict())  # the same parameter names
 
     monkeypatch.setattr(pyg_dimenet, "radius_graph",
-                        lambda pos, r, batch, max_num_neighbors: radius_edges(pos, batch, r))
+                        lambda pos, r, batch, max_num_neighbors: torch.as_tensor(
+                            radius_edges(pos.numpy(), torch.bincount(batch).numpy(), r)))
     monkeypatch.setattr(pyg_dimenet, "triplets", lambda ei, num_nodes: (ei[1], ei[0], *triplets(ei, num_nodes)))
     b = batch_of(random_molecules())
     with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 
 from model_checks import check_bad_input, check_batch_equals_single, check_forces_fd, check_symmetry
 from molecule_factory import random_molecules
-from posenc.data.batching import collate
+from posenc.torch.batching import collate
 from posenc.torch import HermiteEncoding, RawEncoding
 from posenc.torch.models import EGNN, make_model, set_output_stats
 

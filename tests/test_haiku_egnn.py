@@ -14,7 +14,8 @@ import torch
 
 from molecule_factory import random_molecules
 from posenc.convert import torch_to_haiku
-from posenc.data.batching import collate, collate_jax
+from posenc.haiku.batching import collate_jax
+from posenc.torch.batching import collate
 from posenc.haiku.models import EGNN, energy_and_forces, stats_from_torch
 from posenc.torch.models import EGNN as TorchEGNN
 from posenc.torch.models import energy_and_forces as torch_energy_and_forces

@@ -27,7 +27,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from posenc.data.batching import batches, collate_jax
+from posenc.data.graphs import batches
+from posenc.haiku.batching import collate_jax
 from posenc.data.molecules import Molecules
 from posenc.haiku.losses import total_smoothness_loss
 from posenc.haiku.models.common import N_SPECIES, energy_and_forces

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from posenc.data.batching import Batch, batches, collate
+from posenc.data.graphs import batches
+from posenc.torch.batching import Batch, collate
 from posenc.data.molecules import Molecules
 from posenc.torch.encodings import TableEncoding
 from posenc.torch.losses import total_smoothness_loss

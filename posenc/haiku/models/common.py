@@ -2,7 +2,7 @@
 
 The mirror of ``posenc.torch.models.common``: same names and parameter layout, so
 ``posenc.convert.torch_to_haiku`` moves weights across. Graphs are the padded dicts of
-``posenc.data.batching.collate_jax``: padding atoms and edges are masked, and a padding edge's
+``posenc.haiku.batching.collate_jax``: padding atoms and edges are masked, and a padding edge's
 length is replaced by 1 Angstrom before it is encoded, so its (zero) length never produces a NaN
 gradient through ``sqrt``.
 """
@@ -44,7 +44,7 @@ def check_graph(graph: Mapping[str, jax.Array], n_species: int = N_SPECIES) -> N
     """
     missing = [k for k in GRAPH_KEYS if k not in graph]
     if missing:
-        raise KeyError(f"graph lacks {missing}; build it with posenc.data.batching.collate_jax")
+        raise KeyError(f"graph lacks {missing}; build it with posenc.haiku.batching.collate_jax")
     pos = graph["pos"]
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must be [A, 3], got {tuple(pos.shape)}")

@@ -1,7 +1,7 @@
 """EGNN with a pluggable distance encoding in Haiku: the mirror of ``posenc.torch.models.egnn``.
 
 Same layers, names and numbers as the torch model (see its docstring for the equations), on the
-padded graphs of ``posenc.data.batching.collate_jax``: padding edges carry no message, padding
+padded graphs of ``posenc.haiku.batching.collate_jax``: padding edges carry no message, padding
 atoms belong to no molecule. The top module is called ``"egnn"``, so
 ``posenc.convert.torch_to_haiku(torch_egnn, "egnn")`` gives parameters for this model; the torch
 model's output statistics (buffers, not parameters) are passed as ``stats``

@@ -1,6 +1,6 @@
 """Backbones with a pluggable distance encoding (PyTorch): EGNN, the Transformer, DimeNet++.
 
-Every model maps a :class:`posenc.data.batching.Batch` to per-molecule outputs ``[M, T]``;
+Every model maps a :class:`posenc.torch.batching.Batch` to per-molecule outputs ``[M, T]``;
 :func:`energy_and_forces` adds the forces -dE/dr by autograd. DimeNet++ lives in
 ``posenc.torch.models.dimenet`` and is built lazily by :func:`make_model`.
 """

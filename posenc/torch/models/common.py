@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posenc.data.batching import Batch
+from posenc.torch.batching import Batch
 from posenc.encoding_defaults import distance_encoding_kwargs
 from posenc.torch.encodings import make_encoding
 
@@ -61,7 +61,7 @@ def check_batch(batch: Batch, like: torch.Tensor, n_species: int = N_SPECIES) ->
       TypeError: positions not of the parameters' float dtype, integer tensors not int64.
     """
     if not isinstance(batch, Batch):
-        raise TypeError(f"expected a posenc.data.batching.Batch, got {type(batch).__name__}")
+        raise TypeError(f"expected a posenc.torch.batching.Batch, got {type(batch).__name__}")
     pos, z = batch.pos, batch.z
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must be [A, 3], got {tuple(pos.shape)}")

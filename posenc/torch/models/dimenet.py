@@ -5,7 +5,7 @@ The network is torch-geometric's ``DimeNetPlusPlus``, assembled from that librar
 submodule names are the library's, so its state dict loads into this model unchanged and the
 default model computes the library's numbers (checked in the tests). What is ours:
 
-* the graph: the model takes the batch's ``edge_index`` as given (``posenc.data.batching`` builds
+* the graph: the model takes the batch's ``edge_index`` as given (``posenc.data.graphs`` builds
   the radius graph) and enumerates the k -> j -> i triplets with :func:`triplets`, in plain torch,
   because the library's versions need the compiled extras ``torch-cluster`` / ``torch-sparse``;
 * :class:`SphericalBasis`, the library's ``SphericalBasisLayer`` evaluated by recurrences: the
@@ -52,7 +52,7 @@ from torch_geometric.nn.models.dimenet import (
 from torch_geometric.nn.models.dimenet_utils import Jn, Jn_zeros
 from torch_geometric.nn.resolver import activation_resolver
 
-from posenc.data.batching import Batch
+from posenc.torch.batching import Batch
 from posenc.torch.encodings import ENCODINGS, SmoothCutoff, make_encoding
 from posenc.torch.models.common import build_distance_encoding, check_batch
 from posenc.torch.models.common import energy_and_forces as _energy_and_forces
@@ -233,7 +233,7 @@ class EncodedAngularBasis(nn.Module):
 
 
 class DimeNetPlusPlus(nn.Module):
-    """DimeNet++ on a :class:`posenc.data.batching.Batch`, with swappable positional encodings.
+    """DimeNet++ on a :class:`posenc.torch.batching.Batch`, with swappable positional encodings.
 
     With the default encodings this is torch-geometric's ``DimeNetPlusPlus`` (same blocks, same
     parameter names, same numbers); the module docstring says how the encodings enter.
@@ -269,7 +269,7 @@ class DimeNetPlusPlus(nn.Module):
 
     Example:
       >>> import numpy as np
-      >>> from posenc.data.batching import collate
+      >>> from posenc.torch.batching import collate
       >>> from posenc.data.molecules import Molecules
       >>> water = Molecules(z=np.array([8, 1, 1]), pos=np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
       ...                   n_atoms=np.array([3]), targets=np.zeros((1, 1)), target_names=("E",),

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posenc.data.batching import Batch
+from posenc.torch.batching import Batch
 from posenc.torch.models.common import (
     MLP,
     N_SPECIES,
@@ -100,12 +100,12 @@ class EGNN(nn.Module):
       n_species: embedded atomic numbers ``0..n_species-1``.
       dtype, device: of parameters and buffers.
 
-    Call: ``model(batch) -> [M, T]`` (see :class:`posenc.data.batching.Batch`; the graph is the
+    Call: ``model(batch) -> [M, T]`` (see :class:`posenc.torch.batching.Batch`; the graph is the
     batch's ``edge_index``, fully connected by default).
 
     Example:
       >>> import numpy as np
-      >>> from posenc.data.batching import collate
+      >>> from posenc.torch.batching import collate
       >>> from posenc.data.molecules import Molecules
       >>> from posenc.torch.models import energy_and_forces
       >>> water = Molecules(z=np.array([8, 1, 1]), pos=np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posenc.data.batching import Batch
+from posenc.torch.batching import Batch
 from posenc.torch.models.common import (
     MLP,
     N_SPECIES,
