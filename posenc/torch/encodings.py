@@ -8,7 +8,7 @@ has the same classes under the same names.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -118,24 +118,58 @@ class TableEncoding(nn.Module):
           ValueError: NaN/inf in x; x outside ``[x_min, x_max]`` under ``out_of_range="error"``;
             x on another device.
         """
+        return self.interpolate_table(x, self.stacked_table(), order)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``h(x) @ weight.T`` without forming h(x): the interpolation of the mapped table.
+
+        A linear map of an interpolant is the interpolant of the mapped rows, so a network's
+        first linear layer folds into the table: ``[R, dim] @ [dim, out]`` once, then each x
+        gathers ``out`` columns instead of ``dim`` and skips the ``[E, dim] @ [dim, out]`` product.
+
+        Args:
+          x: ``[...]`` positions.
+          weight: ``[out, dim]`` (an ``nn.Linear`` weight, or the columns of one that read h).
+
+        Returns:
+          ``[..., out]``, equal to ``self(x) @ weight.T`` (to rounding).
+        """
+        return self.interpolate_table(x, self.stacked_table() @ weight.T)
+
+    def same_grid(self, other: nn.Module) -> bool:
+        """Whether ``other`` is a table encoding of this class on the same grid and range policy
+        (then one interpolation serves both: :func:`project_all`)."""
+        return (type(other) is type(self) and (other.n_bin, other.x_min, other.x_max, other.out_of_range)
+                == (self.n_bin, self.x_min, self.x_max, self.out_of_range))
+
+    def interpolate_table(self, x: torch.Tensor, table: torch.Tensor, order: int = 0) -> torch.Tensor:
+        """The order-``order`` derivative of this encoding's interpolant of ``table``, with its range policy.
+
+        Args:
+          x: ``[...]`` positions.
+          table: ``[R, C]`` rows laid out as :meth:`stacked_table` (any number C of columns).
+          order: derivative order w.r.t. x.
+
+        Returns:
+          ``[..., C]``.
+        """
         _check_input(x, self.values)
         if order < 0:
             raise ValueError(f"order must be >= 0, got {order}")
         shape = x.shape
         flat = x.reshape(-1)  # [E]
         if flat.numel() == 0:
-            return x.new_zeros(*shape, self.dim)
+            return x.new_zeros(*shape, table.shape[1])
         check_finite(flat)
         x_c = self._apply_policy(flat)
-        table = self.stacked_table()
         offsets = torch.tensor(self.row_offsets(), device=flat.device)
         args = (table, offsets, self._coeffs, self.x_min, self.delta, self.n_bin)
-        out = interpolate(x_c, *args, order)  # [E, D]
+        out = interpolate(x_c, *args, order)  # [E, C]
         if self.out_of_range == "extrapolate":
             out = self._extend(flat, x_c, out, args, order)
         elif self.out_of_range == "clamp" and order >= 1:
             out = self._zero_outside(flat, x_c, out)  # h is constant beyond the ends
-        return out.reshape(*shape, self.dim)
+        return out.reshape(*shape, table.shape[1])
 
     @staticmethod
     def _zero_outside(x: torch.Tensor, x_c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -386,6 +420,33 @@ class SmoothCutoff(nn.Module):
         check_finite(x)
         env = smooth_cutoff(x, self.cutoff, self.p).unsqueeze(-1)
         return env * self.encoding(torch.clamp(x, max=self.cutoff))
+
+
+def project_all(encodings: Sequence[nn.Module], weights: Sequence[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """``[enc_k(x) @ weights[k].T for each k]``, with table encodings folded and batched.
+
+    A backbone whose layers each map their encoded distances by a linear layer calls this once
+    for all layers: table encodings on one grid (the same encoding repeated, or one per layer)
+    become a single interpolation of their mapped tables stacked side by side, so the bin search,
+    the basis weights and every derivative order are computed once instead of once per layer.
+    Any other encoding is evaluated and multiplied.
+
+    Args:
+      encodings: K encodings (the same module may repeat).
+      weights: K ``[out_k, dim_k]`` matrices.
+      x: ``[...]`` positions.
+
+    Returns:
+      K tensors ``[..., out_k]``.
+    """
+    if len(encodings) != len(weights):
+        raise ValueError(f"got {len(encodings)} encodings but {len(weights)} weights")
+    first = encodings[0] if encodings else None
+    if isinstance(first, TableEncoding) and all(first.same_grid(e) for e in encodings):
+        tables = [e.stacked_table() @ w.T for e, w in zip(encodings, weights)]  # K x [R, out_k]
+        out = first.interpolate_table(x, torch.cat(tables, dim=1))  # [..., sum out_k]
+        return list(out.split([w.shape[0] for w in weights], dim=-1))
+    return [e.project(x, w) if isinstance(e, TableEncoding) else e(x) @ w.T for e, w in zip(encodings, weights)]
 
 
 ENCODINGS: dict[str, Callable[..., nn.Module]] = {
