@@ -76,7 +76,7 @@ class PosencCalculator(Calculator):
         """The calculator of a training run's output directory (``result.json`` + a checkpoint).
 
         Args:
-          out_dir: the ``out_dir`` of :func:`posenc.torch.train.train`.
+          out_dir: the ``out_dir`` of a torch run of :func:`posenc.trainer.train`.
           checkpoint: ``"best"`` (lowest validation error, what the test errors are of) or ``"last"``.
           energy_unit: overrides the unit from ``result.json`` (needed for the toy data sets,
             whose energies are in reduced units).
@@ -86,7 +86,7 @@ class PosencCalculator(Calculator):
           FileNotFoundError: no ``result.json`` or checkpoint in ``out_dir``.
           ValueError: a corrupt or foreign checkpoint, or a model whose energy unit is not an energy.
         """
-        from posenc.torch.train import build_model
+        from posenc.torch.train import build_model, load_checkpoint
         from posenc.training import TrainConfig
 
         out_dir = Path(out_dir)
@@ -98,14 +98,12 @@ class PosencCalculator(Calculator):
                 raise FileNotFoundError(f"{path} not found: is {out_dir} the output directory of a training run?")
         result = json.loads(result_path.read_text())
         config = TrainConfig.from_dict({**result["config"], "device": device})
+        if config.backend != "torch":
+            raise ValueError(f"{out_dir} is a {config.backend} run; the ASE calculator wraps torch models")
         unit = energy_unit or result["units"][0]
-        try:
-            state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except Exception as err:  # torch raises several types for a damaged file
-            raise ValueError(f"corrupt or truncated checkpoint {ckpt_path}: {type(err).__name__}: {err}") from err
-        if not isinstance(state, dict) or "model" not in state:
-            raise ValueError(f"{ckpt_path} holds no model weights")
-        model = build_model(config, tuple(result["x_range"]), len(result["units"]))
+        state = load_checkpoint(ckpt_path)
+        # the model's distance scale and range are the run's (the scale is also a buffer in the weights)
+        model = build_model(config, tuple(state["x_range"]), len(result["units"]), state["distance_scale"])
         model.load_state_dict(state["model"])
         return cls(model, energy_unit=unit, cutoff=graph_cutoff(config.backbone), **kwargs)
 

@@ -7,6 +7,10 @@ name, with dashes; ``--lambda`` is ``lam``). Example::
     posenc train --dataset md17:ethanol --backbone egnn --encoding hermite --lambda 0.1
     posenc train --config run.yaml --quick --out-dir runs/try
     posenc train --config run.yaml --resume          # continue runs/... where it stopped
+
+Exit status: 0 for a run that finished (or stopped as planned by ``--stop-after``) unflagged, 2 for
+a bad config or checkpoint, 3 for a run flagged by :mod:`posenc.run_health` (stuck, spiking or
+non-finite); the last line then starts with ``FLAGGED:``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from typing import Any, Sequence
 import yaml
 
 from posenc.training import TrainConfig, mae_summary
+
+
+#: Exit status of a flagged run.
+FLAGGED_EXIT = 3
 
 
 def _bool(text: str) -> bool:
@@ -47,7 +55,8 @@ _HELP = {
     "backend": "torch | haiku (haiku: EGNN only)",
     "encoding": "raw | mlp | gaussian | bessel | linear | hermite",
     "lam": "weight lambda of the smoothness loss",
-    "schedule": "cosine | plateau | none",
+    "schedule": "cosine | plateau (torch) | none",
+    "warmup_epochs": "epochs of linear learning-rate warm-up (0: none)",
     "out_dir": "output directory (default runs/<dataset>_<backbone>_<encoding>_lam<lambda>_seed<seed>)",
     "resume": "continue from OUT_DIR/last.*",
     "quick": "small subset, few epochs, small model (seconds to minutes on a laptop)",
@@ -108,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``posenc`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        from posenc.torch.train import train
+        from posenc.trainer import train
 
         config = config_from_args(args)
         try:
@@ -118,8 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if result.finished:
             print(f"{mae_summary(result.test, result.units)}; best epoch {result.best_epoch}; files in {result.out_dir}")
-        else:
+        elif not result.flags:
             print(f"stopped after epoch {result.history[-1]['epoch']}; resume with --resume (files in {result.out_dir})")
+        if result.flags:
+            print(f"FLAGGED: {'; '.join(result.flags)} (not a result; files in {result.out_dir})")
+            return FLAGGED_EXIT
     return 0
 
 

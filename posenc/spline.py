@@ -67,6 +67,11 @@ def derivative_coeffs(coeffs: np.ndarray, order: int) -> np.ndarray:
     return out
 
 
+def all_derivative_coeffs(coeffs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Coefficient matrices ``[B, P]`` for derivative orders 0..P (order P is identically zero)."""
+    return tuple(derivative_coeffs(coeffs, k) for k in range(coeffs.shape[1] + 1))
+
+
 def check_grid(n_bin: int, x_min: float, x_max: float) -> float:
     """Validates a bin grid and returns its spacing ``delta``.
 

@@ -1,12 +1,13 @@
-"""Backend-agnostic pieces of ``posenc train`` (numpy): the config, data, statistics, files.
+"""Backend-agnostic pieces of ``posenc train`` (numpy): the config, data, statistics, schedule, files.
 
-``posenc.torch.train.train`` and ``posenc.haiku.train.train`` share everything here, so one
-:class:`TrainConfig` drives either backend, both see the same data, statistics and batch order,
-and both write the same files into ``out_dir``:
+The trainer (:func:`posenc.trainer.train`) uses these for either backend, so one
+:class:`TrainConfig` drives both, both see the same data, statistics, batch order and learning
+rate, and both write the same files into ``out_dir``:
 
 * ``metrics.csv`` / ``metrics.json``: one row per epoch (rewritten atomically after every epoch);
-* ``last.*`` / ``best.*``: checkpoints (``.pt`` torch, ``.pkl`` Haiku), written atomically;
-* ``result.json``: the config, the best epoch and the test errors in the paper's units;
+* ``last.*`` / ``best.*``: checkpoints (``.pt`` torch, ``.npz`` Haiku), written atomically;
+* ``result.json``: the config, the best epoch, the test errors in the paper's units, the distance
+  scale and the run's flags (:mod:`posenc.run_health`);
 * ``encoding_tables.npz``: the learned distance tables (``values_layer{i}``, ``slopes_layer{i}``,
   ``x_min``, ``x_max``) when the encoding has tables.
 """
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from posenc.data.molecules import Molecules
-from posenc.encoding_defaults import distance_encoding_kwargs, distance_range
+from posenc.encoding_defaults import SCALED_ENCODINGS, distance_encoding_kwargs, distance_range
 
 TASKS = ("md17", "qm9", "synthetic")
 SCHEDULES = ("cosine", "plateau", "none")
@@ -68,8 +69,12 @@ class TrainConfig:
         parameter (the whole schedule is scaled, its floor too).
       optimizer: ``adam`` or ``adamw``.
       lr, weight_decay: learning rate and weight decay.
-      schedule: ``cosine`` (per step to ``min_lr``), ``plateau`` (halve the rate after
-        ``patience`` epochs without a better validation error; torch only) or ``none``.
+      schedule: ``cosine`` (per step: the warm-up, then cosine to ``min_lr``; :func:`lr_factor`),
+        ``none`` (the warm-up, then ``lr``) or ``plateau`` (no warm-up; halve the rate after
+        ``patience`` epochs without a better validation error; torch only).
+      warmup_epochs: the rate rises linearly from about 0 to ``lr`` over this many epochs' steps
+        (Adam's first steps are then small, whatever the gradients; 0: no warm-up). The run's
+        flags (:mod:`posenc.run_health`) are checked after it.
       min_lr, patience: of the schedules.
       epochs: epochs of the whole run (also the cosine horizon).
       stop_after: stop after this many epochs (a planned interruption: resume later with
@@ -112,6 +117,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    warmup_epochs: float = 2.0
     min_lr: float = 1e-5
     patience: int = 10
     epochs: int = 100
@@ -181,6 +187,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (out.stop_after is None or out.stop_after >= 1, "stop_after must be >= 1"),
         (out.lam >= 0, f"lambda must be >= 0, got {out.lam}"),
         (out.lr > 0, f"lr must be > 0, got {out.lr}"),
+        (out.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {out.warmup_epochs}"),
         (out.table_lr_scale > 0, f"table_lr_scale must be > 0 (freeze_tables=True stops the tables), got {out.table_lr_scale}"),
         (not (out.freeze_tables or out.table_lr_scale != 1.0) or out.encoding in ("hermite", "linear"),
          f"freeze_tables / table_lr_scale need a table encoding (hermite, linear), not {out.encoding!r}"),
@@ -260,8 +267,16 @@ def load_data(config: TrainConfig) -> dict[str, Molecules]:
     return cut_data(data, config)
 
 
-def encoding_overrides(config: TrainConfig) -> dict[str, Any]:
-    """The encoding arguments the config sets (``n_bin``, ``dim``, ``x_min``, ``init``, extras)."""
+def encoding_overrides(config: TrainConfig, distance_scale: float | None = None) -> dict[str, Any]:
+    """The encoding arguments the config sets (``n_bin``, ``dim``, ``x_min``, ``init``, extras).
+
+    Args:
+      config: the run.
+      distance_scale: the training set's rms distance (Angstrom,
+        :func:`posenc.encoding_defaults.distance_scale`); encodings that read the distance itself
+        (:data:`posenc.encoding_defaults.SCALED_ENCODINGS`) then get ``scale = 1 / distance_scale``
+        unless ``config.encoding_kwargs`` sets ``scale``. None: no scale is added.
+    """
     name = config.encoding
     out: dict[str, Any] = {}
     if name in ("hermite", "linear"):
@@ -272,6 +287,10 @@ def encoding_overrides(config: TrainConfig) -> dict[str, Any]:
         out["n_basis"] = config.dim
     elif name == "mlp" and config.dim is not None:
         out["dim"] = config.dim
+    if distance_scale is not None and name in SCALED_ENCODINGS:
+        if not distance_scale > 0:
+            raise ValueError(f"distance_scale must be > 0, got {distance_scale}")
+        out["scale"] = 1.0 / distance_scale
     out.update(config.encoding_kwargs)
     distance_encoding_kwargs(name, 1.0, out)  # rejects an unknown encoding name early
     return out
@@ -311,13 +330,41 @@ def output_stats(train: Molecules, n_species: int) -> dict[str, np.ndarray]:
     return {"scale": np.where(scale > 0, scale, 1.0), "atom_ref": atom_ref, "mol_shift": coef[-1]}
 
 
-def cosine_factor(step: int, total: int, alpha: float) -> float:
-    """The cosine schedule's multiplier of the base rate at ``step`` of ``total``: from 1 down to ``alpha``.
+def lr_factor(step: Any, total: int, warmup: int, alpha: float, xp: Any = np) -> Any:
+    """The multiplier of the base rate at optimiser step ``step`` (0-based): warm-up, then cosine.
 
-    The same closed form as ``optax.cosine_decay_schedule``, so both backends follow one schedule.
+    ``(step + 1) / warmup`` for ``step < warmup`` (so the first step is small but not wasted and
+    step ``warmup - 1`` reaches 1), then ``alpha + (1 - alpha) (1 + cos(pi u)) / 2`` with
+    ``u = (step - warmup) / (total - warmup)`` clipped to [0, 1]: from 1 down to ``alpha`` at
+    ``total`` and after. The one closed form of both backends: torch calls it with numpy, Haiku
+    with ``xp=jax.numpy`` inside its optax schedule.
+
+    Args:
+      step: the step, a scalar or array of any integer or float type of ``xp``.
+      total: steps of the whole run.
+      warmup: warm-up steps (0: none).
+      alpha: the final multiplier, ``min_lr / lr`` (1: constant after the warm-up).
+      xp: the array module, ``numpy`` or ``jax.numpy``.
+
+    Returns:
+      The multiplier, an ``xp`` scalar or array shaped like ``step``.
     """
-    done = min(step, total) / total
-    return alpha + (1.0 - alpha) * 0.5 * (1.0 + math.cos(math.pi * done))
+    s = xp.asarray(step) * 1.0
+    ramp = xp.minimum((s + 1.0) / max(warmup, 1), 1.0)
+    done = xp.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    cosine = alpha + (1.0 - alpha) * 0.5 * (1.0 + xp.cos(math.pi * done))
+    return xp.where(s < warmup, ramp, cosine)
+
+
+def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The warm-up's length in optimiser steps: ``warmup_epochs`` epochs, rounded."""
+    return int(round(config.warmup_epochs * steps_per_epoch))
+
+
+def schedule_factor(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int, float]:
+    """``(total, warmup, alpha)`` of :func:`lr_factor` for ``config`` (``none``: alpha 1)."""
+    alpha = 1.0 if config.schedule == "none" else config.min_lr / config.lr
+    return config.epochs * steps_per_epoch, warmup_steps(config, steps_per_epoch), alpha
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -399,7 +446,12 @@ class TrainResult:
         MD17; ``mae`` in the target's unit for QM9); empty when the run stopped early.
       units: the target units.
       x_range: the encoded distance range.
-      finished: False when ``stop_after`` ended the run before ``epochs``.
+      finished: False when ``stop_after`` ended the run before ``epochs``, or a non-finite loss
+        stopped it.
+      distance_scale: the training set's rms interatomic distance (Angstrom); encodings in
+        :data:`posenc.encoding_defaults.SCALED_ENCODINGS` read ``distance / distance_scale``.
+      flags: what :class:`posenc.run_health.RunHealth` flagged (``"stuck at epoch 5: ..."``);
+        empty for a healthy run.
     """
 
     out_dir: str
@@ -410,8 +462,15 @@ class TrainResult:
     units: tuple[str, ...]
     x_range: tuple[float, float]
     finished: bool
+    distance_scale: float
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, or ``"flagged"`` when :attr:`flags` is not empty (then not a result)."""
+        return "flagged" if self.flags else "ok"
 
     def write(self, config: TrainConfig) -> None:
-        """``result.json``: this result and the config."""
-        payload = {**dataclasses.asdict(self), "config": config.to_dict()}
+        """``result.json``: this result, its status and the config."""
+        payload = {**dataclasses.asdict(self), "status": self.status, "config": config.to_dict()}
         atomic_write(Path(self.out_dir) / "result.json", json.dumps(payload, indent=1).encode())

@@ -16,7 +16,8 @@ from posenc.torch.batching import collate
 from posenc.data.molecules import Molecules
 from posenc.torch.models import energy_and_forces, make_model, set_output_stats
 from posenc.torch.models.common import N_SPECIES
-from posenc.torch.train import train
+from posenc.torch.train import build_model
+from posenc.trainer import train
 from posenc.training import TrainConfig
 
 #: Output scale of the untrained test models (meV): their forces are then of order 0.1-1 eV/Angstrom, like a molecule's.
@@ -122,6 +123,27 @@ def test_from_run_reproduces_the_trained_model(tmp_path):
     x_range = json.loads((out / "result.json").read_text())["x_range"]
     assert calc.model.layers[0].encoding.x_max == pytest.approx(x_range[1])
     assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (6, 3)
+
+
+def test_from_run_uses_the_runs_distance_scale(tmp_path):
+    """A raw-d^2 run: the calculator's energies equal the trained model's, whose scale is the run's."""
+    out = tmp_path / "run"
+    config = TrainConfig(dataset="synthetic:md17", encoding="raw", n_layers=1, hidden=8, epochs=2, n_train=16,
+                         n_val=8, n_test=8, progress=False, out_dir=str(out), dtype="float64")
+    result = train(config)
+    assert result.distance_scale == json.loads((out / "result.json").read_text())["distance_scale"] > 0
+    calc = PosencCalculator.from_run(out, energy_unit="meV")
+    assert float(calc.model.layers[0].encoding.scale) == pytest.approx(1.0 / result.distance_scale)
+    trained = build_model(config, result.x_range, 1, result.distance_scale)
+    trained.load_state_dict(torch.load(out / "best.pt", weights_only=True)["model"])
+    pos = np.random.default_rng(2).normal(scale=1.2, size=(6, 3))
+    mols = Molecules(z=np.full(6, 6), pos=pos, n_atoms=np.array([6]), targets=np.zeros((1, 1)),
+                     target_names=("energy",), target_units=("meV",))
+    energy, forces = energy_and_forces(trained.eval(), collate(mols, [0], dtype=torch.float64))
+    atoms = Atoms("C6", positions=pos)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(float(energy[0, 0].detach()) * 1e-3, rel=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), forces.detach().numpy() * 1e-3, rtol=1e-10, atol=1e-14)
 
 
 def test_bad_input(ethanol, tmp_path):

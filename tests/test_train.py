@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from molecule_factory import random_molecules
-from posenc.torch.train import TrainConfig, load_checkpoint, train
-from posenc.training import QUICK_PROFILE, cosine_factor, cut_data, output_stats, parse_dataset, resolve
+from posenc.torch.train import load_checkpoint
+from posenc.trainer import train
+from posenc.training import QUICK_PROFILE, TrainConfig, cut_data, output_stats, parse_dataset, resolve
 
 TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, progress=False,
             encoding_kwargs={"n_bin": 8, "dim": 4})
@@ -60,7 +61,8 @@ def test_files_of_a_run(tmp_path):
     state = load_checkpoint(out / "last.pt", resumable=True)
     assert state["epoch"] == 2 and state["config"]["dataset"] == "md17:toy"
     best = load_checkpoint(out / "best.pt")  # the weights of the best validation epoch
-    assert set(best) == {"format", "epoch", "model"} and 1 <= best["epoch"] <= 2
+    assert set(best) == {"format", "epoch", "model", "x_range", "distance_scale"} and 1 <= best["epoch"] <= 2
+    assert best["distance_scale"] == saved["distance_scale"] and saved["status"] == "ok" and saved["flags"] == []
     with pytest.raises(ValueError, match="lacks"):
         load_checkpoint(out / "best.pt", resumable=True)
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
@@ -184,11 +186,3 @@ def test_table_switches_need_a_table_encoding():
             resolve(TrainConfig(encoding="raw", **bad))
     with pytest.raises(ValueError, match="table_lr_scale must be > 0"):
         resolve(TrainConfig(table_lr_scale=0.0))
-
-
-def test_cosine_schedule_matches_optax():
-    import optax
-
-    schedule = optax.cosine_decay_schedule(1e-3, 100, alpha=0.01)
-    for step in (0, 1, 37, 99, 100, 150):
-        assert 1e-3 * cosine_factor(step, 100, 0.01) == pytest.approx(float(schedule(step)), rel=1e-5)  # optax: float32

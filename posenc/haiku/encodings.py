@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from posenc.haiku.cutoff import smooth_cutoff
-from posenc.haiku.spline import check_finite, interpolate, is_concrete
+from posenc.haiku.spline import all_derivative_coeffs, check_finite, interpolate, is_concrete
 from posenc.init import initial_tables
 from posenc.spline import (
     HERMITE_POWER_COEFFS,
@@ -95,7 +95,8 @@ class TableEncoding(hk.Module):
         if self.out_of_range == "error" and is_concrete(flat) and not bool(inside.all()):
             raise ValueError(out_of_range_message(float(flat.min()), float(flat.max()), self.x_min, self.x_max))
         x_c = jnp.clip(flat, self.x_min, self.x_max)
-        args = (table, self._offsets(self.n_bin), self._coeffs, self.x_min, self.delta, self.n_bin)
+        args = (table, jnp.asarray(self._offsets(self.n_bin)), all_derivative_coeffs(self._coeffs), self.x_min,
+                self.delta, self.n_bin)
         out = interpolate(x_c, *args, order)  # [E, D]
         if self.out_of_range == "extrapolate":
             if order == 0:

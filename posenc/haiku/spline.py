@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from posenc.spline import derivative_coeffs
+from posenc.spline import all_derivative_coeffs
+
+__all__ = ["all_derivative_coeffs", "basis_weights", "check_finite", "interpolate", "is_concrete", "locate"]
 
 
 def locate(x: jax.Array, x_min: float, delta: float, n_bin: int) -> tuple[jax.Array, jax.Array]:
@@ -31,8 +33,8 @@ def basis_weights(t: jax.Array, coeffs: np.ndarray, order: int, delta: float) ->
 def interpolate(
     x: jax.Array,
     table: jax.Array,
-    offsets: tuple[int, ...],
-    coeffs: np.ndarray,
+    offsets: jax.Array,
+    coeffs_all: tuple[np.ndarray, ...],
     x_min: float,
     delta: float,
     n_bin: int,
@@ -40,22 +42,26 @@ def interpolate(
 ) -> jax.Array:
     """Order-``order`` x-derivative of the piecewise polynomial stored in ``table``.
 
+    The arguments of ``posenc.torch.spline.interpolate``.
+
     Args:
       x: ``[E]`` positions inside ``[x_min, x_max]``.
       table: ``[R, D]`` stacked rows; interval i uses rows ``i + offsets``.
-      offsets: the B row offsets of the basis functions.
-      coeffs: ``[B, P]`` power-basis coefficients (undifferentiated).
+      offsets: ``[B]`` integer row offsets of the B basis functions.
+      coeffs_all: power-basis coefficients ``[B, P]`` for derivative orders 0..P (the last all
+        zero), as :func:`all_derivative_coeffs` gives them.
       x_min, delta, n_bin: the grid.
       order: derivative order w.r.t. x.
 
     Returns:
       ``[E, D]`` array.
     """
-    d = derivative_coeffs(coeffs, order)
-    if not d.any():
+    order = min(order, len(coeffs_all) - 1)  # all-zero beyond the degree
+    coeffs = coeffs_all[order]
+    if not coeffs.any():
         return jnp.zeros((x.shape[0], table.shape[1]), table.dtype)
     idx, t = locate(x, x_min, delta, n_bin)
-    w = basis_weights(t, d, order, delta)  # [E, B]
+    w = basis_weights(t, coeffs, order, delta)  # [E, B]
     rows = table[idx[:, None] + jnp.asarray(offsets)]  # [E, B, D]
     return jnp.einsum("eb,ebd->ed", w, rows)
 

@@ -1,76 +1,110 @@
-"""Training the Haiku EGNN: the mirror of ``posenc.torch.train`` with a pure, jitted update.
+"""The Haiku (JAX) training backend: the mirror of ``posenc.torch.train`` with a pure, jitted update.
 
-``posenc train --backend haiku --backbone egnn ...`` lands here. Batches are the fixed-size,
-masked graphs of ``posenc.data.batching.collate_jax`` (padded to ``batch_size`` molecules of the
-data set's largest size), so ``update`` compiles once. Forces are ``-jax.grad`` of the energy
-with respect to the positions inside the loss, and ``jax.value_and_grad`` of that loss gives the
-parameter gradients (the double derivative torch gets from ``create_graph=True``). Same config,
-data order, statistics, loss and files as the torch loop (see :mod:`posenc.training`);
-checkpoints are pickles (``last.pkl``, ``best.pkl``) of numpy trees, written atomically.
+:class:`Backend` implements :class:`posenc.trainer.TrainingBackend` for the EGNN; the epoch loop,
+the files and the flags are the trainer's. Batches are the fixed-size, masked graphs of
+:func:`posenc.haiku.batching.collate_jax` (padded to ``batch_size`` molecules of the data set's
+largest size), so ``update`` compiles once. Forces are ``-jax.grad`` of the energy with respect to
+the positions inside the loss, and ``jax.value_and_grad`` of that loss gives the parameter
+gradients (the double derivative torch gets from ``create_graph=True``). The per-step losses stay
+on the device until the end of the epoch. No torch is imported.
+
+Checkpoints (``best.npz`` weights, ``last.npz`` the whole state) hold data only: an ``.npz`` of
+the parameter and optimiser-state leaves plus a JSON string (``meta``) describing the tree
+structure, the format version and the trainer's metadata, read with ``allow_pickle=False``. The
+pickles of format ``posenc-haiku-checkpoint-1`` (``*.pkl``) are refused, never unpickled:
+unpickling a file can run any code it contains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
-import pickle
 import re
-import time
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from posenc.data.graphs import batches
-from posenc.haiku.batching import collate_jax
 from posenc.data.molecules import Molecules
+from posenc.haiku.batching import collate_jax
 from posenc.haiku.losses import total_smoothness_loss
 from posenc.haiku.models.common import N_SPECIES, energy_and_forces
 from posenc.haiku.models.egnn import EGNN
-from posenc.training import (
-    TrainConfig,
-    TrainResult,
-    atomic_write,
-    check_resumable,
-    cut_data,
-    encoding_overrides,
-    encoding_range,
-    epoch_seed,
-    load_data,
-    mae_summary,
-    output_stats,
-    resolve,
-    save_encoding_tables,
-    write_metrics,
-)
+from posenc.training import TrainConfig, atomic_write, encoding_overrides, lr_factor, schedule_factor
 
-CHECKPOINT_FORMAT = "posenc-haiku-checkpoint-1"
-CHECKPOINT_KEYS = ("format", "epoch", "params", "opt_state", "history", "best", "config")
+__all__ = ["Backend", "build_model", "encoding_tables", "evaluate", "learning_rate", "load_checkpoint", "make_loss",
+           "make_optimizer", "table_parameters"]
+
+CHECKPOINT_FORMAT = "posenc-haiku-checkpoint-2"
+#: The pickle format of earlier versions: refused, named in the message.
+PICKLE_FORMAT = "posenc-haiku-checkpoint-1"
+#: A weights checkpoint (``best.npz``) holds these; a resumable one (``last.npz``) all of CHECKPOINT_KEYS.
+WEIGHTS_KEYS = ("format", "epoch", "params", "x_range", "distance_scale")
+CHECKPOINT_KEYS = (*WEIGHTS_KEYS, "opt_state", "history", "best", "config", "health")
 
 Graph = dict[str, jax.Array]
+Params = dict[str, dict[str, Any]]
+#: ``loss(params, graph) -> (total, (data, smooth))``.
+LossFn = Callable[[Params, Graph], tuple[jax.Array, tuple[jax.Array, jax.Array]]]
+
+
+def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: int,
+                distance_scale: float | None = None, stats: dict[str, np.ndarray] | None = None) -> hk.Transformed:
+    """The EGNN of ``config`` with its distance encoding over ``x_range`` (Angstrom), transformed.
+
+    Args:
+      config: the run (the EGNN only).
+      x_range: the encoded distance range.
+      n_outputs: targets per molecule.
+      distance_scale: the training set's rms distance (see :func:`posenc.training.encoding_overrides`).
+      stats: output statistics (:func:`posenc.training.output_stats`); None: the defaults.
+    """
+    if config.backbone != "egnn":
+        raise ValueError(f"the haiku backend has the EGNN only, not {config.backbone!r}")
+    overrides = encoding_overrides(config, distance_scale)
+    if config.encoding in ("hermite", "linear", "gaussian"):
+        overrides.setdefault("x_min", x_range[0])
+    return hk.without_apply_rng(hk.transform(lambda g: EGNN(
+        config.n_layers, config.hidden, config.encoding, overrides, x_max=x_range[1],
+        share_encoding=config.share_encoding, update_coords=config.update_coords, n_outputs=n_outputs,
+        stats=stats)(g)))
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The rate per step: cosine from ``lr`` to ``min_lr`` over the run, or constant."""
+    """The base rate of each optimiser step: ``lr`` times :func:`posenc.training.lr_factor`.
+
+    ``cosine``: warm-up, then cosine to ``min_lr``; ``none``: warm-up, then ``lr``.
+
+    Raises:
+      ValueError: ``plateau`` (torch only).
+    """
     if config.schedule == "plateau":
         raise ValueError("the haiku backend has schedule 'cosine' or 'none'; 'plateau' is torch only")
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, config.epochs * steps_per_epoch, alpha=config.min_lr / config.lr)
-    return optax.constant_schedule(config.lr)
+    total, warmup, alpha = schedule_factor(config, steps_per_epoch)
+    return lambda step: config.lr * lr_factor(step, total, warmup, alpha, xp=jnp)
 
 
-def is_table(path: str, name: str) -> bool:
+def _is_table(path: str, name: str) -> bool:
     """Whether parameter ``name`` of module ``path`` is a distance table (values or slopes of a table encoding)."""
     return name in ("values", "slopes") and "encoding" in path
 
 
-def table_scale(factor: float) -> optax.GradientTransformation:
+def table_parameters(params: Params) -> Params:
+    """The distance tables of ``params`` (values and slopes of every table encoding), as a sub-tree."""
+    tables = {path: {n: v for n, v in leaves.items() if _is_table(path, n)} for path, leaves in params.items()}
+    return {path: leaves for path, leaves in tables.items() if leaves}
+
+
+def _table_scale(factor: float) -> optax.GradientTransformation:
     """Multiplies the updates of the distance tables by ``factor`` (0 freezes them), others unchanged.
 
     After Adam this is the same as a ``factor`` times larger rate for the tables, as the torch
@@ -78,7 +112,7 @@ def table_scale(factor: float) -> optax.GradientTransformation:
     """
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         del params
-        scaled = {path: {name: u * factor if is_table(path, name) else u for name, u in leaves.items()}
+        scaled = {path: {name: u * factor if _is_table(path, name) else u for name, u in leaves.items()}
                   for path, leaves in updates.items()}
         return scaled, state
 
@@ -91,20 +125,23 @@ def make_optimizer(config: TrainConfig, rate: optax.Schedule) -> optax.GradientT
     parts.append(optax.adam(rate) if config.optimizer == "adam" else optax.adamw(rate, weight_decay=config.weight_decay))
     factor = 0.0 if config.freeze_tables else config.table_lr_scale
     if factor != 1.0:
-        parts.append(table_scale(factor))
+        parts.append(_table_scale(factor))
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
-def make_loss(apply: Callable[[Any, Graph], jax.Array], scale: np.ndarray, config: TrainConfig,
-              has_forces: bool) -> Callable[[Any, Graph], tuple[jax.Array, tuple[jax.Array, jax.Array]]]:
-    """``loss(params, graph) -> (total, (data, smooth))``: the torch loss, with padding masked out."""
+def make_loss(apply: Callable[[Params, Graph], jax.Array], scale: np.ndarray, config: TrainConfig,
+              has_forces: bool) -> LossFn:
+    """``loss(params, graph) -> (total, (data, smooth))``: the torch loss, with padding masked out.
+
+    ``scale`` ``[T]`` is the training scale; see ``posenc.torch.train.make_loss`` for the terms.
+    """
     err = jnp.square if config.loss == "mse" else jnp.abs
 
     def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
         mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values.shape)
         return jnp.sum(jnp.where(mask, err(values), 0.0)) / jnp.sum(mask)
 
-    def loss(params: Any, graph: Graph) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    def loss(params: Params, graph: Graph) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         s = jnp.asarray(scale, graph["pos"].dtype)
         if has_forces:
             y, forces = energy_and_forces(apply, params, graph)
@@ -118,195 +155,264 @@ def make_loss(apply: Callable[[Any, Graph], jax.Array], scale: np.ndarray, confi
     return loss
 
 
-def encoding_tables(params: dict) -> list[dict[str, np.ndarray]]:
-    """The learned distance tables of a Haiku EGNN, layer by layer (``slopes`` for Hermite only)."""
+def evaluate(predict: Callable[[Params, Graph], tuple[jax.Array, jax.Array]], params: Params, graphs: list[Graph],
+             *, forces: bool) -> dict[str, float]:
+    """Mean absolute errors over ``graphs``, in the data's units (padding masked out).
+
+    Args:
+      predict: ``predict(params, graph) -> (y [M_pad, T], forces [A_pad, 3])``.
+      params: the model's parameters.
+      graphs: padded graphs of :func:`posenc.haiku.batching.collate_jax`.
+      forces: whether the data has forces.
+
+    Returns:
+      ``{"energy_mae", "force_mae"}`` with forces, else ``{"mae"}`` over molecules and targets.
+    """
+    abs_e = abs_f = 0.0
+    n_mol = n_comp = 0
+    for g in graphs:
+        y, f = predict(params, g)
+        mol, atom = np.asarray(g["mol_mask"]), np.asarray(g["atom_mask"])
+        abs_e += float(np.abs(np.asarray(y - g["targets"]))[mol].sum())
+        n_mol += int(mol.sum()) * int(g["targets"].shape[1])
+        abs_f += float(np.abs(np.asarray(f - g["forces"]))[atom].sum())
+        n_comp += 3 * int(atom.sum())
+    if forces:
+        return {"energy_mae": abs_e / n_mol, "force_mae": abs_f / n_comp}
+    return {"mae": abs_e / n_mol}
+
+
+def encoding_tables(params: Params, x_range: tuple[float, float]) -> tuple[list[dict[str, np.ndarray]],
+                                                                           tuple[float, float] | None]:
+    """The learned distance tables of a Haiku EGNN, layer by layer, and their range (Angstrom).
+
+    ``slopes`` for Hermite tables only. Returns ``([], None)`` when the encoding has no table.
+
+    Args:
+      params: the model's parameters.
+      x_range: the tables' range (Haiku parameters do not carry it).
+    """
     def layer(path: str) -> int:
         found = re.search(r"layers_(\d+)", path)
         return int(found.group(1)) if found else -1
 
-    paths = sorted((p for p in params if "values" in params[p]), key=layer)
-    return [{k: np.asarray(v) for k, v in params[p].items() if k in ("values", "slopes")} for p in paths]
+    tables = table_parameters(params)
+    found = [{k: np.array(v) for k, v in tables[p].items()} for p in sorted(tables, key=layer)]
+    return found, ((float(x_range[0]), float(x_range[1])) if found else None)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`train`.
+def _refuse_pickle(path: Path) -> None:
+    """Raises ValueError, without unpickling, when ``path`` is not a zip (npz) file."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"\x80"):
+        raise ValueError(f"{path} is a pickle (the {PICKLE_FORMAT!r} format of earlier posenc versions, or a "
+                         f"foreign file); it is not loaded, because unpickling can run any code. posenc reads "
+                         f"Haiku checkpoints of format {CHECKPOINT_FORMAT!r} (an .npz of arrays plus JSON)")
+    if head != b"PK\x03\x04":
+        raise ValueError(f"{path} is not a posenc Haiku checkpoint (format {CHECKPOINT_FORMAT!r}: an .npz of arrays "
+                         "plus JSON)")
+
+
+def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint written by the trainer: ``best.npz`` (weights) or ``last.npz`` (resumable).
+
+    Data only: ``numpy.load(allow_pickle=False)`` and ``json.loads``; no code is executed.
+
+    Args:
+      path: the checkpoint file.
+      resumable: require the full training state (optimiser state, history, config).
+
+    Returns:
+      The metadata, ``params`` (a ``{module: {name: array}}`` tree of numpy arrays) and, in a
+      resumable file, ``opt_state`` (``{"treedef": str, "leaves": [arrays]}``).
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is truncated, corrupt or not a posenc Haiku checkpoint.
+      ValueError: a pickle (format ``posenc-haiku-checkpoint-1`` or foreign), a truncated or
+        corrupt file, another format, or a file that lacks what its kind must hold.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _refuse_pickle(path)
     try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as err:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"corrupt or truncated checkpoint {path}: {type(err).__name__}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a posenc Haiku checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is not a posenc Haiku checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r})")
+    tree = meta.pop("tree")
+    try:
+        state = {**meta, "params": {}}
+        for k, (module, name) in enumerate(tree["params"]):
+            state["params"].setdefault(module, {})[name] = arrays[f"params_{k}"]
+        if "opt_state" in tree:
+            state["opt_state"] = {"treedef": tree["opt_state"]["treedef"],
+                                  "leaves": [arrays[f"opt_{k}"] for k in range(tree["opt_state"]["n_leaves"])]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"corrupt checkpoint {path}: its arrays do not match its tree ({err})") from err
+    full = resumable or any(k in state for k in CHECKPOINT_KEYS if k not in WEIGHTS_KEYS)
+    missing = [k for k in (CHECKPOINT_KEYS if full else WEIGHTS_KEYS) if k not in state]
     if missing:
         raise ValueError(f"corrupt checkpoint {path}: it lacks {missing}")
     return state
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, pickle.dumps(jax.device_get(state)))
+def _save_checkpoint(path: Path, meta: dict[str, Any], params: Params, opt_state: Any = None) -> None:
+    """Writes :func:`load_checkpoint`'s format atomically (``opt_state`` None: weights only)."""
+    names = sorted((module, name) for module, leaves in params.items() for name in leaves)
+    arrays = {f"params_{k}": np.asarray(params[m][n]) for k, (m, n) in enumerate(names)}
+    tree: dict[str, Any] = {"params": [list(x) for x in names]}
+    if opt_state is not None:
+        leaves, treedef = jax.tree_util.tree_flatten(opt_state)
+        arrays.update({f"opt_{k}": np.asarray(leaf) for k, leaf in enumerate(leaves)})
+        tree["opt_state"] = {"treedef": str(treedef), "n_leaves": len(leaves)}
+    arrays["meta"] = np.asarray(json.dumps({"format": CHECKPOINT_FORMAT, **meta, "tree": tree}))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
-def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> TrainResult:
-    """Trains the Haiku EGNN (see ``posenc.torch.train.train`` for the arguments and the files)."""
-    config = resolve(config)
-    if config.backbone != "egnn":
-        raise ValueError(f"the haiku backend has the EGNN only, not {config.backbone!r}")
-    with jax.enable_x64(config.dtype == "float64"):
-        return _train(config, load_data(config) if data is None else cut_data(data, config))
-
-
-class Steps(NamedTuple):
+class _Steps(NamedTuple):
     """The jitted functions of one model / loss / optimiser setting."""
 
     rate: optax.Schedule
     tx: optax.GradientTransformation
-    init: Callable[[jax.Array, Graph], Any]
-    update: Callable[[Any, Any, Graph], tuple[Any, Any, jax.Array, jax.Array, jax.Array]]
-    predict: Callable[[Any, Graph], tuple[jax.Array, jax.Array]]
+    init: Callable[[jax.Array, Graph], Params]
+    update: Callable[[Params, Any, Graph], tuple[Params, Any, jax.Array]]
+    predict: Callable[[Params, Graph], tuple[jax.Array, jax.Array]]
 
 
 #: Compiled steps by setting: a resumed run or a repeated notebook cell in the same process
 #: reuses them instead of compiling again (the double derivative of the forces is slow to compile).
-_STEPS: dict[str, Steps] = {}
+_STEPS: dict[str, _Steps] = {}
 _STEPS_KEPT = 8
 
 
-def compiled_steps(config: TrainConfig, x_range: tuple[float, float], stats: dict[str, np.ndarray],
-                   overrides: dict[str, Any], n_outputs: int, has_forces: bool, steps_per_epoch: int) -> Steps:
+def _compiled_steps(config: TrainConfig, x_range: tuple[float, float], stats: dict[str, np.ndarray],
+                    distance_scale: float, n_outputs: int, has_forces: bool, steps_per_epoch: int) -> _Steps:
     """The model's jitted ``init``, ``update`` and ``predict`` for this setting (cached)."""
     settings = {k: v for k, v in config.to_dict().items()
                 if k not in ("stop_after", "resume", "progress", "threads", "device", "out_dir")}
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(stats[k]).tobytes() for k in sorted(stats))).hexdigest()
-    key = json.dumps([settings, x_range, overrides, n_outputs, has_forces, steps_per_epoch, digest,
+    key = json.dumps([settings, x_range, distance_scale, n_outputs, has_forces, steps_per_epoch, digest,
                       bool(jax.config.jax_enable_x64)], sort_keys=True, default=str)
     if key in _STEPS:
         return _STEPS[key]
-    model = hk.without_apply_rng(hk.transform(lambda g: EGNN(
-        config.n_layers, config.hidden, config.encoding, overrides, x_max=x_range[1],
-        share_encoding=config.share_encoding, update_coords=config.update_coords, n_outputs=n_outputs,
-        stats=stats)(g)))
+    model = build_model(config, x_range, n_outputs, distance_scale, stats)
     rate = learning_rate(config, steps_per_epoch)
     tx = make_optimizer(config, rate)
     loss_fn = make_loss(model.apply, stats["scale"], config, has_forces)
 
     @jax.jit
-    def update(params: Any, opt_state: Any, g: Graph) -> tuple[Any, Any, jax.Array, jax.Array, jax.Array]:
+    def update(params: Params, opt_state: Any, g: Graph) -> tuple[Params, Any, jax.Array]:
         (loss, (data_loss, smooth)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, g)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, data_loss, smooth
+        return optax.apply_updates(params, updates), opt_state, jnp.stack([loss, data_loss, smooth])
 
     @jax.jit
-    def predict(params: Any, g: Graph) -> tuple[jax.Array, jax.Array]:
+    def predict(params: Params, g: Graph) -> tuple[jax.Array, jax.Array]:
         return energy_and_forces(model.apply, params, g) if has_forces else (model.apply(params, g), g["forces"])
 
-    steps = Steps(rate, tx, jax.jit(model.init), update, predict)  # a jitted init is far faster than eager
+    steps = _Steps(rate, tx, jax.jit(model.init), update, predict)  # a jitted init is far faster than eager
     while len(_STEPS) >= _STEPS_KEPT:
         _STEPS.pop(next(iter(_STEPS)))
     _STEPS[key] = steps
     return steps
 
 
-def _train(config: TrainConfig, data: dict[str, Molecules]) -> TrainResult:
-    train_set, out_dir = data["train"], Path(config.out_dir)
-    has_forces = train_set.forces is not None
-    x_range = encoding_range(config, train_set)
-    stats = output_stats(train_set, N_SPECIES)
-    overrides = encoding_overrides(config)
-    if config.encoding in ("hermite", "linear", "gaussian"):
-        overrides.setdefault("x_min", x_range[0])
-    n_outputs = train_set.targets.shape[1]
+class Backend:
+    """The Haiku side of :class:`posenc.trainer.TrainingBackend` (see there for the methods).
 
-    bs = config.batch_size
-    n_max = int(max(part.n_atoms.max() for part in data.values()))
-    sizes = {"max_atoms": bs * n_max, "max_edges": bs * n_max * (n_max - 1), "max_molecules": bs}
+    Every method runs under ``jax.enable_x64(config.dtype == "float64")``.
 
-    def graph(mols: Molecules, idx: np.ndarray) -> Graph:
-        return collate_jax(mols, idx, **sizes)
+    Args:
+      config: the run (EGNN; ``cosine`` or ``none`` schedule).
+      data: ``{"train", "val", "test"}``; validation graphs are collated once.
+      x_range: the encoded distance range, Angstrom.
+      stats: output statistics of the training set.
+      distance_scale: the training set's rms distance, Angstrom.
+    """
 
-    steps_per_epoch = math.ceil(len(train_set) / bs)
-    rate, tx, init, update, predict = compiled_steps(config, x_range, stats, overrides, n_outputs, has_forces,
-                                                     steps_per_epoch)
+    suffix = ".npz"
+    n_species = N_SPECIES
 
-    def evaluate(params: Any, graphs: list[Graph]) -> dict[str, float]:
-        abs_e = abs_f = 0.0
-        n_mol = n_comp = 0
-        for g in graphs:
-            y, forces = predict(params, g)
-            mol, atom = np.asarray(g["mol_mask"]), np.asarray(g["atom_mask"])
-            abs_e += float(np.abs(np.asarray(y - g["targets"]))[mol].sum())
-            n_mol += int(mol.sum()) * n_outputs
-            abs_f += float(np.abs(np.asarray(forces - g["forces"]))[atom].sum())
-            n_comp += 3 * int(atom.sum())
-        if has_forces:
-            return {"energy_mae": abs_e / n_mol, "force_mae": abs_f / n_comp}
-        return {"mae": abs_e / n_mol}
+    def __init__(self, config: TrainConfig, data: dict[str, Molecules], x_range: tuple[float, float],
+                 stats: dict[str, np.ndarray], distance_scale: float) -> None:
+        self.config, self.train_set = config, data["train"]
+        self.has_forces = self.train_set.forces is not None
+        overrides = encoding_overrides(config, distance_scale)
+        self.table_range = (float(overrides.get("x_min", x_range[0])), float(overrides.get("x_max", x_range[1])))
+        bs, n_max = config.batch_size, int(max(part.n_atoms.max() for part in data.values()))
+        self.sizes = {"max_atoms": bs * n_max, "max_edges": bs * n_max * (n_max - 1), "max_molecules": bs}
+        with self.precision():
+            self.steps = _compiled_steps(config, x_range, stats, distance_scale, self.train_set.targets.shape[1],
+                                         self.has_forces, math.ceil(len(self.train_set) / bs))
+            first = self.graph(self.train_set, np.arange(min(bs, len(self.train_set))))
+            self.params = self.steps.init(jax.random.PRNGKey(config.seed), first)
+            self._initial_tables = encoding_tables(self.params, self.table_range)[0]
+            self.opt_state = self.steps.tx.init(self.params)
+            self.val_set, self.val_graphs = data["val"], self.graphs(data["val"])
 
-    if config.resume:
-        state = load_checkpoint(out_dir / "last.pkl")
-        check_resumable(state["config"], config)
-        params, opt_state = jax.tree.map(jnp.asarray, (state["params"], state["opt_state"]))
-        start, history, best = state["epoch"], state["history"], state["best"]
-    first = graph(train_set, np.arange(min(bs, len(train_set))))
-    initial_params = init(jax.random.PRNGKey(config.seed), first)  # also a resumed run's initial tables
-    if not config.resume:
-        params = initial_params
-        opt_state = tx.init(params)
-        start, history, best = 0, [], {"epoch": 0, "val": math.inf}
+    @contextlib.contextmanager
+    def precision(self) -> Iterator[None]:
+        """JAX's float64 switch, on for ``dtype="float64"`` runs."""
+        with jax.enable_x64(self.config.dtype == "float64"):
+            yield
 
-    def graphs(mols: Molecules) -> list[Graph]:
-        return [graph(mols, idx) for idx in batches(mols, bs, shuffle=False)]
+    def graph(self, mols: Molecules, idx: np.ndarray) -> Graph:
+        return collate_jax(mols, idx, **self.sizes)
 
-    val_graphs = graphs(data["val"])
-    end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
-    bar = tqdm(range(start, end), desc=f"{config.dataset} egnn+{config.encoding} (haiku)",
-               disable=not config.progress, initial=start, total=end)
-    for epoch in bar:
-        tic, sums, n = time.perf_counter(), {"loss": 0.0, "data": 0.0, "smooth": 0.0}, 0
-        for idx in batches(train_set, bs, shuffle=True, seed=epoch_seed(config.seed, epoch)):
-            params, opt_state, loss, data_loss, smooth = update(params, opt_state, graph(train_set, idx))
-            for key, value in (("loss", loss), ("data", data_loss), ("smooth", smooth)):
-                sums[key] += float(value)
-            n += 1
-        val = evaluate(params, val_graphs)
-        primary = val.get("force_mae", val.get("mae"))
-        row = {"epoch": epoch + 1, "lr": float(rate((epoch + 1) * steps_per_epoch)),
-               **{f"train_{k}": v / n for k, v in sums.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "seconds": time.perf_counter() - tic}
-        history.append(row)
-        if primary < best["val"]:
-            best = {"epoch": epoch + 1, "val": primary}
-            _save(out_dir / "best.pkl", {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "params": params})
-        _save(out_dir / "last.pkl", {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "params": params,
-                                     "opt_state": opt_state, "history": history, "best": best,
-                                     "config": config.to_dict()})
-        write_metrics(out_dir, history)
-        bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{primary:.4g}")
+    def graphs(self, mols: Molecules) -> list[Graph]:
+        """``mols`` in their stored order as padded batches of ``batch_size``."""
+        return [self.graph(mols, idx) for idx in batches(mols, self.config.batch_size, shuffle=False)]
 
-    finished = end == config.epochs
-    test: dict[str, float] = {}
-    if finished:
-        with open(out_dir / "best.pkl", "rb") as f:
-            best_params = jax.tree.map(jnp.asarray, pickle.load(f)["params"])
-        test = evaluate(best_params, graphs(data["test"]))
-        tables = encoding_tables(best_params)
-        if tables:
-            table_range = (float(overrides.get("x_min", x_range[0])), float(overrides.get("x_max", x_range[1])))
-            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range,
-                                 initial=encoding_tables(initial_params))
-    result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
-                         test=test, units=train_set.target_units, x_range=x_range, finished=finished)
-    result.write(config)
-    if finished and config.progress:
-        tqdm.write(f"{config.dataset} egnn+{config.encoding} (haiku) lambda={config.lam:g}: "
-                   f"{mae_summary(test, train_set.target_units)} (best epoch {best['epoch']})")
-    return result
+    def run_epoch(self, order: list[np.ndarray]) -> np.ndarray:
+        with self.precision():
+            per_step = []
+            for idx in order:
+                self.params, self.opt_state, losses = self.steps.update(self.params, self.opt_state,
+                                                                        self.graph(self.train_set, idx))
+                per_step.append(losses)
+            return np.asarray(jnp.stack(per_step), dtype=np.float64)  # one host transfer per epoch
 
+    def evaluate(self, mols: Molecules) -> dict[str, float]:
+        with self.precision():
+            graphs = self.val_graphs if mols is self.val_set else self.graphs(mols)
+            return evaluate(self.steps.predict, self.params, graphs, forces=self.has_forces)
+
+    def end_epoch(self, val: float) -> None:
+        del val  # no plateau schedule in this backend
+
+    def lr(self, step: int) -> float:
+        with self.precision():
+            return float(self.steps.rate(step))
+
+    def save(self, path: Path, meta: dict[str, Any], resumable: bool) -> None:
+        _save_checkpoint(path, meta, jax.device_get(self.params), self.opt_state if resumable else None)
+
+    def restore(self, path: Path, resumable: bool) -> dict[str, Any]:
+        legacy = path.with_suffix(".pkl")
+        state = load_checkpoint(legacy if not path.is_file() and legacy.is_file() else path, resumable=resumable)
+        shapes = jax.tree.map(np.shape, self.params)
+        if jax.tree.map(np.shape, state["params"]) != shapes:
+            raise ValueError(f"{path} holds parameters of another model than this config builds")
+        with self.precision():
+            self.params = jax.tree.map(jnp.asarray, state["params"])
+            if resumable:
+                treedef = jax.tree_util.tree_structure(self.opt_state)
+                if state["opt_state"]["treedef"] != str(treedef):
+                    raise ValueError(f"{path} holds the optimiser state of another optimiser than this config builds")
+                self.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in
+                                                                        state["opt_state"]["leaves"]])
+        return {k: v for k, v in state.items() if k not in ("format", "params", "opt_state")}
+
+    def tables(self) -> tuple[list[dict[str, np.ndarray]], tuple[float, float] | None]:
+        return encoding_tables(self.params, self.table_range)
+
+    def initial_tables(self) -> list[dict[str, np.ndarray]]:
+        return self._initial_tables

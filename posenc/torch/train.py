@@ -1,18 +1,16 @@
-"""Training a backbone with a distance encoding (PyTorch): ``train(TrainConfig(...))`` or ``posenc train``.
+"""The PyTorch training backend: the model, loss, optimiser and state behind ``posenc.trainer.train``.
 
-One epoch: the training molecules in an order seeded by (seed, epoch), batches collated into
-graphs, the loss (energy + forces for MD17, the normalised property for QM9) plus
-``lam * L_smooth`` of every table encoding, an optimiser step (and a cosine step). After each
-epoch: validation errors, ``metrics.csv``/``.json``, ``last.pt`` and, when the validation error
-improved, ``best.pt``. At the end the best weights are tested and the learned tables saved (file
-layout in :mod:`posenc.training`).
-
-Resuming is exact: the checkpoint holds the model, optimiser, scheduler and torch RNG state and the
-epoch, and the data order of an epoch depends on (seed, epoch) only, so "2 epochs, stop, resume 2
-more" reproduces a 4-epoch run loss for loss.
+:class:`Backend` implements :class:`posenc.trainer.TrainingBackend`; the epoch loop, the files
+and the flags are the trainer's. One step: the batch collated into a graph, the loss (energy +
+forces by autograd with ``create_graph=True`` for MD17, the normalised property for QM9) plus
+``lam * L_smooth`` of every table encoding, an optimiser step and a schedule step. The per-step
+losses stay on the device until the end of the epoch. Checkpoints (``best.pt`` weights,
+``last.pt`` the whole state with the torch RNG) are read with ``torch.load(weights_only=True)``,
+which executes no code.
 
 Example:
-  >>> from posenc.torch.train import TrainConfig, train
+  >>> from posenc.trainer import train
+  >>> from posenc.training import TrainConfig
   >>> result = train(TrainConfig(dataset="md17:ethanol", encoding="hermite", lam=0.1, quick=True))  # doctest: +SKIP
   >>> result.test["force_mae"]  # meV/Angstrom  # doctest: +SKIP
 """
@@ -20,88 +18,85 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 import pickle
-import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from posenc.data.graphs import batches
-from posenc.torch.batching import Batch, collate
 from posenc.data.molecules import Molecules
+from posenc.torch.batching import Batch, collate
 from posenc.torch.encodings import TableEncoding
 from posenc.torch.losses import total_smoothness_loss
 from posenc.torch.models import energy_and_forces, graph_cutoff, make_model, set_output_stats
 from posenc.torch.models.common import N_SPECIES
-from posenc.training import (
-    TrainConfig,
-    TrainResult,
-    atomic_write,
-    check_resumable,
-    cosine_factor,
-    cut_data,
-    encoding_overrides,
-    encoding_range,
-    epoch_seed,
-    load_data,
-    mae_summary,
-    output_stats,
-    resolve,
-    save_encoding_tables,
-    write_metrics,
-)
+from posenc.training import TrainConfig, atomic_write, encoding_overrides, lr_factor, schedule_factor
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "encoding_tables", "evaluate", "load_checkpoint",
-           "loss_terms", "table_parameters", "train"]
+__all__ = ["Backend", "build_model", "encoding_tables", "evaluate", "learning_rate", "load_checkpoint", "make_loss",
+           "make_optimizer", "table_parameters"]
 
-CHECKPOINT_FORMAT = "posenc-torch-checkpoint-1"
+CHECKPOINT_FORMAT = "posenc-torch-checkpoint-2"
 #: A weights checkpoint (``best.pt``) holds these; a resumable one (``last.pt``) all of CHECKPOINT_KEYS.
-WEIGHTS_KEYS = ("format", "epoch", "model")
-CHECKPOINT_KEYS = (*WEIGHTS_KEYS, "optimizer", "scheduler", "torch_rng", "history", "best", "config")
+WEIGHTS_KEYS = ("format", "epoch", "model", "x_range", "distance_scale")
+CHECKPOINT_KEYS = (*WEIGHTS_KEYS, "optimizer", "scheduler", "torch_rng", "history", "best", "config", "health")
+
+#: ``loss(batch) -> (total, data, smooth)``, three 0-d tensors (total carries the graph).
+LossFn = Callable[[Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: int) -> nn.Module:
-    """The backbone of ``config`` with its distance encoding over ``x_range``."""
+def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: int,
+                distance_scale: float | None = None, stats: dict[str, np.ndarray] | None = None) -> nn.Module:
+    """The backbone of ``config`` with its distance encoding over ``x_range`` (Angstrom).
+
+    Args:
+      config: the run.
+      x_range: the encoded distance range.
+      n_outputs: targets per molecule.
+      distance_scale: the training set's rms distance (see :func:`posenc.training.encoding_overrides`).
+      stats: output statistics to set (:func:`posenc.training.output_stats`); None leaves the
+        defaults (a checkpoint's state dict then brings them).
+    """
     extra: dict[str, Any] = {}
     if config.backbone in ("egnn", "transformer"):
         extra["share_encoding"] = config.share_encoding
     if config.backbone == "egnn":
         extra["update_coords"] = config.update_coords
-    overrides = encoding_overrides(config)
+    overrides = encoding_overrides(config, distance_scale)
     if config.backbone != "dimenet" and config.encoding in ("hermite", "linear", "gaussian"):
         overrides.setdefault("x_min", x_range[0])
     model = make_model(config.backbone, encoding=config.encoding, encoding_kwargs=overrides, x_max=x_range[1],
                        n_layers=config.n_layers, hidden=config.hidden, n_outputs=n_outputs,
                        dtype=getattr(torch, config.dtype), **extra)
+    if stats is not None:
+        set_output_stats(model, **stats)
     return model.to(config.device)
 
 
-def loss_terms(model: nn.Module, batch: Batch, *, scale: torch.Tensor, lam: float, loss: str = "mse",
-               energy_weight: float = 0.01, force_weight: float = 0.99) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch and its parts.
+def make_loss(model: nn.Module, scale: torch.Tensor, config: TrainConfig) -> LossFn:
+    """``loss(batch) -> (total, data, smooth)``: the training loss of one batch and its parts.
 
     With forces (MD17): ``w_E * err((E - E*) / s) + w_F * err((F - F*) / s)``, forces by autograd
-    with ``create_graph=True``; without (QM9): ``err((y - y*) / s)`` over the targets; ``s`` is the
-    training scale, ``err`` the mean square (``mse``) or mean absolute (``l1``) error. Plus
+    with ``create_graph=True``; without (QM9): ``err((y - y*) / s)`` over the targets; ``s`` ``[T]``
+    is the training scale, ``err`` the mean square (``mse``) or mean absolute (``l1``) error. Plus
     ``lam * L_smooth`` summed over the model's table encodings.
-
-    Returns:
-      ``(loss, {"data": ..., "smooth": ...})``.
     """
-    err = (lambda r: r.pow(2).mean()) if loss == "mse" else (lambda r: r.abs().mean())
-    if batch.forces is not None:
-        y, forces = energy_and_forces(model, batch, create_graph=True)
-        data = energy_weight * err((y - batch.targets) / scale) + force_weight * err((forces - batch.forces) / scale[0])
-    else:
-        data = err((model(batch) - batch.targets) / scale)
-    smooth = total_smoothness_loss(model)
-    return data + lam * smooth, {"data": float(data.detach()), "smooth": float(smooth.detach())}
+    err = (lambda r: r.pow(2).mean()) if config.loss == "mse" else (lambda r: r.abs().mean())
+
+    def loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if batch.forces is not None:
+            y, forces = energy_and_forces(model, batch, create_graph=True)
+            data = (config.energy_weight * err((y - batch.targets) / scale)
+                    + config.force_weight * err((forces - batch.forces) / scale[0]))
+        else:
+            data = err((model(batch) - batch.targets) / scale)
+        smooth = total_smoothness_loss(model)
+        return data + config.lam * smooth, data, smooth
+
+    return loss
 
 
 def evaluate(model: nn.Module, graphs: list[Batch]) -> dict[str, float]:
@@ -131,7 +126,7 @@ def evaluate(model: nn.Module, graphs: list[Batch]) -> dict[str, float]:
 
 
 def encoding_tables(model: nn.Module) -> tuple[list[dict[str, np.ndarray]], tuple[float, float] | None]:
-    """The learned distance tables, layer by layer, and their range.
+    """The learned distance tables, layer by layer, and their range (Angstrom).
 
     Every table encoding of the model except an angle's (DimeNet++'s ``sbf``); ``slopes`` only for
     Hermite tables. Returns ``([], None)`` when the encoding has no table.
@@ -152,9 +147,28 @@ def table_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, TableEncoding) for p in m.parameters(recurse=False)]
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam/AdamW over two groups: the tables (at ``table_lr_scale`` x lr, or left out when frozen)
-    and everything else."""
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The base rate of each optimiser step: ``lr`` times :func:`posenc.training.lr_factor`.
+
+    ``cosine``: warm-up, then cosine to ``min_lr``; ``none``: warm-up, then ``lr``; ``plateau``:
+    ``lr`` (the plateau scheduler of :func:`make_optimizer` lowers it epoch by epoch).
+    """
+    if config.schedule == "plateau":
+        return lambda step: config.lr
+    total, warmup, alpha = schedule_factor(config, steps_per_epoch)
+    return lambda step: config.lr * float(lr_factor(step, total, warmup, alpha))
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module, rate: Callable[[int], float]) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam/AdamW over two groups and its per-step (or, for ``plateau``, per-epoch) scheduler.
+
+    The groups: the tables (at ``table_lr_scale`` x the rate, or left out and frozen with
+    ``freeze_tables``) and everything else. Every group follows ``rate(step) / lr``.
+
+    Returns:
+      ``(optimizer, scheduler)``: a ``LambdaLR`` stepped once per optimiser step, or a
+      ``ReduceLROnPlateau`` stepped once per epoch on the validation error.
+    """
     tables = table_parameters(model)
     if config.freeze_tables:
         for p in tables:
@@ -164,27 +178,18 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if tables and not config.freeze_tables:
         groups.append({"params": tables, "lr": config.lr * config.table_lr_scale})
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
-    if config.schedule == "cosine":  # stepped per batch, over the whole run; each group's rate scaled alike
-        total, alpha = config.epochs * steps_per_epoch, config.min_lr / config.lr
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, alpha))
-    if config.schedule == "plateau":  # stepped per epoch on the validation error
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.patience,
-                                                          min_lr=config.min_lr)
-    return None
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    optimizer = cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "plateau":
+        return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.patience,
+                                                                     min_lr=config.min_lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate(step) / config.lr)
 
 
 def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`train`: ``best.pt`` (weights) or ``last.pt`` (resumable).
+    """Reads a checkpoint written by the trainer: ``best.pt`` (weights) or ``last.pt`` (resumable).
+
+    ``torch.load(weights_only=True)`` unpickles tensors and plain containers only and executes no
+    code.
 
     Args:
       path: the checkpoint file.
@@ -192,8 +197,8 @@ def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, A
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is truncated, corrupt, not a posenc checkpoint, or lacks what a
-        checkpoint of its kind (or a resumable one, when asked) must hold.
+      ValueError: the file is truncated, corrupt, not a posenc checkpoint of this format, or lacks
+        what a checkpoint of its kind (or a resumable one, when asked) must hold.
     """
     path = Path(path)
     if not path.is_file():
@@ -203,7 +208,8 @@ def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, A
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise ValueError(f"corrupt or truncated checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a posenc torch checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(f"{path} is not a posenc torch checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r})")
     # a file with any training state must carry all of it; a weights file needs only WEIGHTS_KEYS
     full = resumable or any(k in state for k in CHECKPOINT_KEYS if k not in WEIGHTS_KEYS)
     missing = [k for k in (CHECKPOINT_KEYS if full else WEIGHTS_KEYS) if k not in state]
@@ -212,112 +218,89 @@ def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, A
     return state
 
 
-def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> TrainResult:
-    """Trains, validates, checkpoints and tests one model.
+class Backend:
+    """The torch side of :class:`posenc.trainer.TrainingBackend` (see there for the methods).
 
     Args:
-      config: the run (see :class:`posenc.training.TrainConfig`).
-      data: ``{"train", "val", "test"}`` sets to use instead of loading ``config.dataset`` (tests,
-        notebooks); ``config.dataset`` still names the task.
-
-    Returns:
-      :class:`posenc.training.TrainResult` (also written to ``out_dir/result.json``).
-
-    Raises:
-      ValueError: a bad config, a corrupt checkpoint, or ``resume`` with a config that differs.
-      FileNotFoundError: ``resume`` without ``out_dir/last.pt``.
+      config: the run (``device``, ``dtype``, ``threads`` are used here).
+      data: ``{"train", "val", "test"}``; validation graphs are collated once.
+      x_range: the encoded distance range, Angstrom.
+      stats: output statistics of the training set.
+      distance_scale: the training set's rms distance, Angstrom.
     """
-    config = resolve(config)
-    if config.backend == "haiku":
-        from posenc.haiku.train import train as train_haiku
 
-        return train_haiku(config, data)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(True)  # Gaussian tails would otherwise hit slow float32 denormals
-    data = load_data(config) if data is None else cut_data(data, config)
-    train_set, out_dir = data["train"], Path(config.out_dir)
-    dtype, cutoff = getattr(torch, config.dtype), graph_cutoff(config.backbone)
-    x_range = encoding_range(config, train_set)
+    suffix = ".pt"
+    n_species = N_SPECIES
 
-    torch.manual_seed(config.seed)
-    model = build_model(config, x_range, train_set.targets.shape[1])
-    stats = output_stats(train_set, N_SPECIES)
-    set_output_stats(model, **stats)
-    initial_tables = encoding_tables(model)[0]  # before any step (a resumed run rebuilds the same init)
-    scale = torch.as_tensor(stats["scale"], dtype=dtype, device=config.device)
-    optimizer = _optimizer(config, model)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    scheduler = _scheduler(config, optimizer, steps_per_epoch)
+    def __init__(self, config: TrainConfig, data: dict[str, Molecules], x_range: tuple[float, float],
+                 stats: dict[str, np.ndarray], distance_scale: float) -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.set_flush_denormal(True)  # Gaussian tails would otherwise hit slow float32 denormals
+        self.config, self.train_set = config, data["train"]
+        self.dtype, self.cutoff = getattr(torch, config.dtype), graph_cutoff(config.backbone)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, x_range, self.train_set.targets.shape[1], distance_scale, stats)
+        self._initial_tables = encoding_tables(self.model)[0]  # before any step
+        steps_per_epoch = -(-len(self.train_set) // config.batch_size)
+        self.rate = learning_rate(config, steps_per_epoch)
+        self.optimizer, self.scheduler = make_optimizer(config, self.model, self.rate)
+        self.loss = make_loss(self.model, torch.as_tensor(stats["scale"], dtype=self.dtype, device=config.device),
+                              config)
+        self.val_set, self.val_graphs = data["val"], self.graphs(data["val"])
 
-    start, history, best = 0, [], {"epoch": 0, "val": math.inf}
-    if config.resume:
-        state = load_checkpoint(out_dir / "last.pt", resumable=True)
-        check_resumable(state["config"], config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, history, best = state["epoch"], state["history"], state["best"]
+    def graphs(self, mols: Molecules) -> list[Batch]:
+        """``mols`` in their stored order as batches of ``batch_size``."""
+        return [collate(mols, idx, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
+                for idx in batches(mols, self.config.batch_size, shuffle=False)]
 
-    def graphs(mols: Molecules) -> list[Batch]:
-        return [collate(mols, idx, cutoff=cutoff, dtype=dtype, device=config.device)
-                for idx in batches(mols, config.batch_size, shuffle=False)]
-
-    val_graphs = graphs(data["val"])
-    end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
-    bar = tqdm(range(start, end), desc=f"{config.dataset} {config.backbone}+{config.encoding}",
-               disable=not config.progress, initial=start, total=end)
-    for epoch in bar:
-        tic, sums, n = time.perf_counter(), {"loss": 0.0, "data": 0.0, "smooth": 0.0}, 0
-        for idx in batches(train_set, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch)):
-            b = collate(train_set, idx, cutoff=cutoff, dtype=dtype, device=config.device)
-            loss, parts = loss_terms(model, b, scale=scale, lam=config.lam, loss=config.loss,
-                                     energy_weight=config.energy_weight, force_weight=config.force_weight)
-            optimizer.zero_grad(set_to_none=True)
+    def run_epoch(self, order: list[np.ndarray]) -> np.ndarray:
+        per_step = []
+        for idx in order:
+            b = collate(self.train_set, idx, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
+            loss, data, smooth = self.loss(b)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if config.schedule == "cosine":
-                scheduler.step()
-            sums["loss"] += float(loss.detach())
-            sums["data"] += parts["data"]
-            sums["smooth"] += parts["smooth"]
-            n += 1
-        val = evaluate(model, val_graphs)
-        primary = val.get("force_mae", val.get("mae"))
-        if config.schedule == "plateau":
-            scheduler.step(primary)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               **{f"train_{k}": v / n for k, v in sums.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "seconds": time.perf_counter() - tic}
-        history.append(row)
-        if primary < best["val"]:
-            best = {"epoch": epoch + 1, "val": primary}
-            _save(out_dir / "best.pt", {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": model.state_dict()})
-        _save(out_dir / "last.pt", {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": history, "best": best, "config": config.to_dict(),
-        })
-        write_metrics(out_dir, history)
-        bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{primary:.4g}")
+            if self.config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            if self.config.schedule != "plateau":
+                self.scheduler.step()
+            per_step.append(torch.stack([loss.detach(), data.detach(), smooth.detach()]))
+        return torch.stack(per_step).double().cpu().numpy()  # one host transfer per epoch
 
-    finished = end == config.epochs
-    test: dict[str, float] = {}
-    if finished:
-        best_state = load_checkpoint(out_dir / "best.pt")
-        model.load_state_dict(best_state["model"])
-        test = evaluate(model, graphs(data["test"]))
-        tables, table_range = encoding_tables(model)
-        if tables:
-            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables)
-    result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
-                         test=test, units=train_set.target_units, x_range=x_range, finished=finished)
-    result.write(config)
-    if finished and config.progress:
-        tqdm.write(f"{config.dataset} {config.backbone}+{config.encoding} lambda={config.lam:g}: "
-                   f"{mae_summary(test, train_set.target_units)} (best epoch {best['epoch']})")
-    return result
+    def evaluate(self, mols: Molecules) -> dict[str, float]:
+        return evaluate(self.model, self.val_graphs if mols is self.val_set else self.graphs(mols))
+
+    def end_epoch(self, val: float) -> None:
+        if self.config.schedule == "plateau":
+            self.scheduler.step(val)
+
+    def lr(self, step: int) -> float:
+        if self.config.schedule == "plateau":
+            return float(self.optimizer.param_groups[0]["lr"])
+        return self.rate(step)
+
+    def save(self, path: Path, meta: dict[str, Any], resumable: bool) -> None:
+        state = {"format": CHECKPOINT_FORMAT, **meta, "model": self.model.state_dict()}
+        if resumable:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         torch_rng=torch.get_rng_state())
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(path, buf.getvalue())
+
+    def restore(self, path: Path, resumable: bool) -> dict[str, Any]:
+        state = load_checkpoint(path, resumable=resumable)
+        self.model.load_state_dict(state["model"])
+        if resumable:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+        return {k: v for k, v in state.items() if k not in ("format", "model", "optimizer", "scheduler", "torch_rng")}
+
+    def tables(self) -> tuple[list[dict[str, np.ndarray]], tuple[float, float] | None]:
+        return encoding_tables(self.model)
+
+    def initial_tables(self) -> list[dict[str, np.ndarray]]:
+        return self._initial_tables
