@@ -150,7 +150,7 @@ def _tensors(data: PairCurve | Molecules, idx: np.ndarray, like: torch.Tensor) -
             "energy": torch.as_tensor(sub.targets[:, 0], **f), "force": torch.as_tensor(sub.forces, **f)}
 
 
-def predict(model: PairEnergy | ClusterEnergy, batch: dict[str, torch.Tensor],
+def _predict(model: PairEnergy | ClusterEnergy, batch: dict[str, torch.Tensor],
             create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(energy, force)`` of either model on a batch from the data (r, or pos and n_atoms)."""
     if isinstance(model, ClusterEnergy):
@@ -184,7 +184,7 @@ def evaluate(model: PairEnergy | ClusterEnergy, data: PairCurve | Molecules,
     e_err, f_err, n_f = 0.0, 0.0, 0
     for start in range(0, n, batch_size):
         batch = _tensors(data, np.arange(start, min(n, start + batch_size)), like)
-        energy, force = predict(model, batch)
+        energy, force = _predict(model, batch)
         e_err += float((energy.detach() - batch["energy"]).abs().sum())
         f_err += float((force.detach() - batch["force"]).abs().sum())
         n_f += batch["force"].numel()
@@ -251,7 +251,7 @@ def fit(
     for k in tqdm(range(steps), disable=not progress, desc="fit", leave=False):
         batch = _tensors(train, batches[k], like)
         if use_forces:
-            energy, force = predict(model, batch, create_graph=True)
+            energy, force = _predict(model, batch, create_graph=True)
             f_loss = (((force - batch["force"]) / stats["force_rms"]) ** 2).mean()
         else:
             energy = _energy(model, batch)
