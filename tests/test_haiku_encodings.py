@@ -178,3 +178,23 @@ def test_conversion_keeps_scalar_parameters():
     assert t_enc.gamma.shape == () and float(t_enc.gamma) == 3.0
     with pytest.raises(ValueError, match="unknown encoding"):
         ph.make_encoding("fourier")
+
+
+def test_project_all_folds_tables_like_torch(x64):
+    """One interpolation of the mapped, stacked tables equals each encoding followed by its map."""
+    from posenc.haiku.encodings import project_all
+
+    weights = [np.random.default_rng(k).normal(size=(5, k + 2)) for k in range(3)]
+    x = jnp.asarray([0.0, 0.3, 2.2, 3.99, 4.5])  # 4.5: the linear extension
+
+    def forward(x):
+        encs = [ph.HermiteEncoding(12, 5, 0.0, 4.0, out_of_range="extrapolate", name=f"e{k}") for k in range(3)]
+        folded = project_all(encs, [jnp.asarray(w) for w in weights], x)
+        return folded, [e(x) @ w for e, w in zip(encs, weights)]
+
+    f = hk.without_apply_rng(hk.transform(forward))
+    folded, plain = f.apply(f.init(None, x), x)
+    for a, b in zip(folded, plain):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        hk.transform(lambda x: project_all([ph.RawEncoding()], [], x)).init(None, x)

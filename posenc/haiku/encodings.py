@@ -10,7 +10,7 @@ silently clamped number.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import haiku as hk
 import jax
@@ -83,13 +83,38 @@ class TableEncoding(hk.Module):
     def __call__(self, x: jax.Array, order: int = 0) -> jax.Array:
         """Encodes x ``[...]`` (or its order-th x-derivative) as ``[..., dim]``."""
         _check_input(x)
+        # parameters are created even for empty x
+        return self.interpolate_table(x, self.stacked_table(jnp.asarray(x).dtype), order)
+
+    def project(self, x: jax.Array, weight: jax.Array) -> jax.Array:
+        """``h(x) @ weight`` without forming h(x): the interpolation of the mapped table.
+
+        The mirror of ``posenc.torch.TableEncoding.project``, with Haiku's weight layout.
+
+        Args:
+          x: ``[...]`` positions.
+          weight: ``[dim, out]`` (an ``hk.Linear`` weight, or the rows of one that read h).
+
+        Returns:
+          ``[..., out]``.
+        """
+        _check_input(x)
+        return self.interpolate_table(x, self.stacked_table(jnp.asarray(x).dtype) @ weight)
+
+    def same_grid(self, other: hk.Module) -> bool:
+        """Whether ``other`` is a table encoding of this class on the same grid and range policy."""
+        return (type(other) is type(self) and (other.n_bin, other.x_min, other.x_max, other.out_of_range)
+                == (self.n_bin, self.x_min, self.x_max, self.out_of_range))
+
+    def interpolate_table(self, x: jax.Array, table: jax.Array, order: int = 0) -> jax.Array:
+        """The order-``order`` derivative of this encoding's interpolant of ``table`` ``[R, C]``: ``[..., C]``."""
+        _check_input(x)
         if order < 0:
             raise ValueError(f"order must be >= 0, got {order}")
         shape = x.shape
         flat = jnp.reshape(x, (-1,))  # [E]
-        table = self.stacked_table(flat.dtype)  # parameters are created even for empty x
         if flat.size == 0:
-            return jnp.zeros((*shape, self.dim), flat.dtype)
+            return jnp.zeros((*shape, table.shape[1]), flat.dtype)
         check_finite(flat)
         inside = (flat >= self.x_min) & (flat <= self.x_max)  # [E]; False for NaN
         if self.out_of_range == "error" and is_concrete(flat) and not bool(inside.all()):
@@ -97,11 +122,11 @@ class TableEncoding(hk.Module):
         x_c = jnp.clip(flat, self.x_min, self.x_max)
         args = (table, jnp.asarray(self._offsets(self.n_bin)), all_derivative_coeffs(self._coeffs), self.x_min,
                 self.delta, self.n_bin)
-        out = interpolate(x_c, *args, order)  # [E, D]
+        out = interpolate(x_c, *args, order)  # [E, C]
         if self.out_of_range == "extrapolate":
             if order == 0:
-                ends = interpolate(jnp.asarray([self.x_min, self.x_max], flat.dtype), *args, 1)  # [2, D]
-                end_slope = jnp.where((flat < self.x_min)[:, None], ends[0], ends[1])  # [E, D]
+                ends = interpolate(jnp.asarray([self.x_min, self.x_max], flat.dtype), *args, 1)  # [2, C]
+                end_slope = jnp.where((flat < self.x_min)[:, None], ends[0], ends[1])  # [E, C]
                 out = out + (flat - x_c)[:, None] * end_slope
             elif order >= 2:
                 out = jnp.where(inside[:, None], out, 0.0)
@@ -111,7 +136,7 @@ class TableEncoding(hk.Module):
             out = _nan_where(~inside, out)  # only reachable under tracing
         else:
             out = _nan_where(~jnp.isfinite(flat), out)
-        return jnp.reshape(out, (*shape, self.dim))
+        return jnp.reshape(out, (*shape, table.shape[1]))
 
 
 class HermiteEncoding(TableEncoding):
@@ -269,6 +294,25 @@ class SmoothCutoff(hk.Module):
         _check_input(x)
         check_finite(x)
         return smooth_cutoff(x, self.cutoff, self.p)[..., None] * self.encoding(jnp.minimum(x, self.cutoff))
+
+
+def project_all(encodings: Sequence[hk.Module], weights: Sequence[jax.Array], x: jax.Array) -> list[jax.Array]:
+    """``[enc_k(x) @ weights[k] for each k]``, table encodings folded and batched in one interpolation.
+
+    The mirror of ``posenc.torch.encodings.project_all`` (weights ``[dim_k, out_k]``, Haiku's layout).
+
+    Returns:
+      K arrays ``[..., out_k]``.
+    """
+    if len(encodings) != len(weights):
+        raise ValueError(f"got {len(encodings)} encodings but {len(weights)} weights")
+    first = encodings[0] if encodings else None
+    if isinstance(first, TableEncoding) and all(first.same_grid(e) for e in encodings):
+        dtype = jnp.asarray(x).dtype
+        tables = [e.stacked_table(dtype) @ w for e, w in zip(encodings, weights)]  # K x [R, out_k]
+        out = first.interpolate_table(x, jnp.concatenate(tables, axis=1))  # [..., sum out_k]
+        return jnp.split(out, np.cumsum([w.shape[1] for w in weights])[:-1].tolist(), axis=-1)
+    return [e.project(x, w) if isinstance(e, TableEncoding) else e(x) @ w for e, w in zip(encodings, weights)]
 
 
 ENCODINGS: dict[str, Callable[..., hk.Module]] = {

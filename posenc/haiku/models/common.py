@@ -72,12 +72,29 @@ def edge_geometry(pos: jax.Array, edge_index: jax.Array, edge_mask: jax.Array) -
     return vec, jnp.sqrt(jnp.where(edge_mask, sq, 1.0))
 
 
-def _torch_like_linear(size: int, fan_in: int, name: str,
-                       w_init: hk.initializers.Initializer | None = None) -> hk.Linear:
-    """``hk.Linear`` initialised like ``torch.nn.Linear``: w and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    w_init = w_init or hk.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-    return hk.Linear(size, w_init=w_init, b_init=hk.initializers.RandomUniform(-bound, bound), name=name)
+class Linear(hk.Linear):
+    """``hk.Linear`` initialised like ``torch.nn.Linear`` (w and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))),
+    whose parameters can also be read without applying it (:meth:`params`), so a caller can apply
+    it by parts (the EGNN edge layer does).
+
+    Args:
+      size: output width.
+      fan_in: input width (the parameters' shape is known before the first call).
+      name: module name.
+      w_init: weight initialiser (default: like torch's).
+    """
+
+    def __init__(self, size: int, fan_in: int, name: str, w_init: hk.initializers.Initializer | None = None) -> None:
+        bound = 1.0 / math.sqrt(fan_in)
+        super().__init__(size, w_init=w_init or hk.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+                         b_init=hk.initializers.RandomUniform(-bound, bound), name=name)
+        self.fan_in = fan_in
+
+    def params(self, dtype: Any) -> tuple[jax.Array, jax.Array]:
+        """``(w [fan_in, size], b [size])``: the very parameters ``__call__`` uses."""
+        w = hk.get_parameter("w", [self.fan_in, self.output_size], dtype, init=self.w_init)
+        b = hk.get_parameter("b", [self.output_size], dtype, init=self.b_init)
+        return w, b
 
 
 class MLP(hk.Module):
@@ -98,7 +115,7 @@ class MLP(hk.Module):
         super().__init__(name=name)
         self.act_last = act_last
         n = len(sizes) - 1
-        self.linears = [_torch_like_linear(sizes[k + 1], sizes[k], f"linear_{k}", last_w_init if k == n - 1 else None)
+        self.linears = [Linear(sizes[k + 1], sizes[k], f"linear_{k}", last_w_init if k == n - 1 else None)
                         for k in range(n)]
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posenc.haiku.encodings import project_all
 from posenc.haiku.models.common import (
     MLP,
     N_SPECIES,
@@ -39,7 +40,7 @@ class EGNNLayer(hk.Module):
     Args:
       hidden: width H of the atom features.
       encoding: ``(name, kwargs, x_max)`` of this layer's own encoding (the submodule
-        ``encoding``), or None when the model passes a shared one to ``__call__``.
+        ``encoding``), or None when the model shares one.
       enc_dim: output size of the shared encoding (only with ``encoding=None``).
       update_coords: also update the positions.
       name: module name (``layers_{i}``).
@@ -48,6 +49,7 @@ class EGNNLayer(hk.Module):
     def __init__(self, hidden: int, encoding: tuple[str, dict[str, Any] | None, float] | None,
                  enc_dim: int | None = None, *, update_coords: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
+        self.hidden = hidden
         if encoding is not None:
             enc_name, kwargs, x_max = encoding
             self.encoding = build_distance_encoding(enc_name, x_max, kwargs)
@@ -62,18 +64,36 @@ class EGNNLayer(hk.Module):
             tiny = hk.initializers.VarianceScaling(0.001**2, "fan_avg", "uniform")
             self.coord_mlp = MLP([hidden, hidden, 1], last_w_init=tiny, name="coord_mlp")
 
+    def encoding_weight(self, dtype: Any) -> jax.Array:
+        """``[D, H]``: the rows of the edge MLP's first layer that read the encoded distance."""
+        w, _ = self.edge_mlp.linears[0].params(dtype)
+        return w[2 * self.hidden:]
+
     def __call__(self, h: jax.Array, pos: jax.Array, edge_index: jax.Array, edge_mask: jax.Array,
-                 shared: hk.Module | None = None) -> tuple[jax.Array, jax.Array]:
-        """``h`` ``[A, H]``, ``pos`` ``[A, 3]`` -> updated ``(h, pos)``."""
+                 pair_term: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One message-passing step (the mirror of the torch layer on an edge list).
+
+        Args:
+          h: ``[A, H]`` atom features.
+          pos: ``[A, 3]`` positions.
+          edge_index: ``[2, E]`` (senders j, receivers i); edge_mask: ``[E]``.
+          pair_term: ``enc(d) @ encoding_weight()`` ``[E, H]`` (:func:`posenc.haiku.encodings.project_all`).
+
+        Returns:
+          Updated ``(h [A, H], pos [A, 3])``.
+        """
         j, i = edge_index[0], edge_index[1]
-        n_atoms = h.shape[0]
+        n_atoms, hid = h.shape[0], self.hidden
         mask = edge_mask[:, None].astype(h.dtype)  # [E, 1]
-        vec, dist = edge_geometry(pos, edge_index, edge_mask)  # [E, 3], [E]
-        enc = (shared if shared is not None else self.encoding)(dist)  # [E, D]
-        m = self.edge_mlp(jnp.concatenate([h[i], h[j], enc], axis=-1)) * mask  # [E, H]
+        w, b = self.edge_mlp.linears[0].params(h.dtype)  # [2H + D, H], [H]
+        receiver = h @ w[:hid] + b  # [A, H], the h_i part, once per atom
+        sender = h @ w[hid:2 * hid]  # [A, H], the h_j part
+        pre = receiver[i] + sender[j] + pair_term  # [E, H]
+        m = jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre))) * mask  # [E, H]
         agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
         h = h + self.node_mlp(jnp.concatenate([h, agg], axis=-1))
         if self.update_coords:
+            vec = pos[i] - pos[j]  # [E, 3]
             deg = jnp.maximum(jax.ops.segment_sum(mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
             step = jax.ops.segment_sum(vec * self.coord_mlp(m) * mask, i, num_segments=n_atoms)  # [A, 3]
             pos = pos + step / deg[:, None]
@@ -107,6 +127,7 @@ class EGNN(hk.Module):
         self.embedding = AtomEmbedding(hidden, n_species, name="embedding")
         self.encoding = build_distance_encoding(encoding, x_max, encoding_kwargs) if share_encoding else None
         enc_dim = self.encoding.dim if share_encoding else None
+        self.update_coords = update_coords
         self.layers = [EGNNLayer(hidden, None if share_encoding else spec, enc_dim, update_coords=update_coords,
                                  name=f"layers_{k}") for k in range(n_layers)]
         self.head = EnergyHead(hidden, n_outputs, stats, n_species, name="head")
@@ -114,10 +135,19 @@ class EGNN(hk.Module):
     def __call__(self, graph: Mapping[str, jax.Array]) -> jax.Array:
         """Per-molecule outputs ``[M_pad, T]``."""
         check_graph(graph, self.n_species)
-        pos = graph["pos"]
+        pos, edge_index, edge_mask = graph["pos"], graph["edge_index"], graph["edge_mask"]
+        encodings = [self.encoding or layer.encoding for layer in self.layers]
         h = self.embedding(graph["z"], pos.dtype)  # [A, H]
-        for layer in self.layers:
-            h, pos = layer(h, pos, graph["edge_index"], graph["edge_mask"], self.encoding)
+        if self.update_coords:  # each layer sees the distances its predecessor moved
+            for layer, encoding in zip(self.layers, encodings):
+                (term,) = project_all([encoding], [layer.encoding_weight(pos.dtype)],
+                                      edge_geometry(pos, edge_index, edge_mask)[1])
+                h, pos = layer(h, pos, edge_index, edge_mask, term)
+        else:  # fixed distances: every layer's encoding in one call
+            dist = edge_geometry(pos, edge_index, edge_mask)[1]  # [E]
+            terms = project_all(encodings, [layer.encoding_weight(pos.dtype) for layer in self.layers], dist)
+            for layer, term in zip(self.layers, terms):
+                h, pos = layer(h, pos, edge_index, edge_mask, term)
         n_molecules = graph["mol_mask"].shape[0]
         return self.head(h, graph["z"], graph["batch"], n_molecules)
 
