@@ -2,7 +2,7 @@
 
 MD17 (Table 1): molecules x backbones {egnn, transformer} x arms {raw, posenc, smooth} x splits;
 QM9 (Table 2): targets x egnn x arms {raw, mlp, posenc, smooth} x seeds. Every run goes through
-:func:`posenc.torch.train.train` with one :class:`posenc.training.TrainConfig`, in ``--jobs``
+:func:`posenc.trainer.train` with one :class:`posenc.training.TrainConfig`, in ``--jobs``
 worker processes of one torch thread each. The main arms differ only in the distance encoding
 and in the learning rate each was given by the lr study:
 
@@ -26,7 +26,10 @@ deleted once the run is finished) and copies its small files to
 ``results/runs/<dataset>/<backbone>/<arm>/seed<k>/``: ``result.json``, ``metrics.csv`` and (for
 table encodings) ``encoding_tables.npz`` from the training code, and ``run_info.json`` (wall and
 CPU seconds, and for table encodings how far the tables moved from their initialisation). A finished run is skipped on the next call, an unfinished
-one resumes from its scratch checkpoint. Then the finished runs are aggregated into
+one resumes from its scratch checkpoint. A run flagged by :mod:`posenc.run_health` (stuck at the
+zero-prediction loss, a loss spike, a non-finite loss) has failed: it is not rerun, never enters a
+summary, and is listed as failed in the log and in ``results/README.md``. Then the finished,
+unflagged runs are aggregated into
 ``results/md17_summary.csv`` / ``results/qm9_summary.csv`` (mean and sample std over seeds) and
 ``results/README.md`` (commands, versions, machine, budget, date, the tables).
 
@@ -383,12 +386,13 @@ def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]
     """
     import torch
 
-    from posenc.torch.train import TrainConfig, train
+    from posenc.trainer import train
+    from posenc.training import TrainConfig
 
     torch.set_num_threads(1)
     scratch = Path(scratch_dir) / spec.rel_dir
     keep = Path(results_dir) / spec.rel_dir
-    resume = (scratch / "last.pt").is_file()
+    resume = any(scratch.glob("last.*"))
     config = TrainConfig.from_dict({**spec.config, "out_dir": str(scratch), "resume": resume,
                                     "threads": 1, "progress": False})
     wall, cpu = time.perf_counter(), time.process_time()
@@ -397,7 +401,7 @@ def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]
     info: dict[str, Any] = {
         "dataset": spec.dataset, "backbone": spec.backbone, "arm": spec.arm, "seed": spec.seed,
         "finished": result.finished, "wall_seconds": wall, "cpu_seconds": cpu, "resumed": resume,
-        "test": result.test, "best_epoch": result.best_epoch,
+        "test": result.test, "best_epoch": result.best_epoch, "status": result.status, "flags": result.flags,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if result.finished:
@@ -411,9 +415,9 @@ def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]
         if (scratch / name).is_file():
             shutil.copyfile(scratch / name, keep / name)
     (keep / "run_info.json").write_text(json.dumps(info, indent=1))
-    if result.finished:  # the checkpoints are no longer needed
-        for name in ("best.pt", "last.pt"):
-            (scratch / name).unlink(missing_ok=True)
+    if result.finished or result.flags:  # the checkpoints are no longer needed
+        for path in [*scratch.glob("best.*"), *scratch.glob("last.*")]:
+            path.unlink()
     return info
 
 
@@ -467,7 +471,7 @@ def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) ->
     Only the validation error (``best_val`` of ``result.json``) is looked at, never the test error.
 
     Raises:
-      RuntimeError: a candidate's run is missing or unfinished.
+      RuntimeError: a candidate's run is missing or unfinished, or every candidate is flagged.
     """
     chosen = {}
     for arm in MD17_ARMS:
@@ -477,21 +481,32 @@ def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) ->
             result = json.loads(path.read_text()) if path.is_file() else {}
             if not result.get("finished"):
                 raise RuntimeError(f"the lr study's run {arm} at lr {lr:g} is missing or unfinished ({path})")
-            vals[lr] = result["best_val"]
+            if not is_flagged(result):  # a flagged run is no result, whatever its validation error
+                vals[lr] = result["best_val"]
+        if not vals:
+            raise RuntimeError(f"every lr study run of {arm} is flagged")
         chosen[arm] = min(vals, key=vals.get)
     return chosen
 
 
+def is_flagged(result: dict[str, Any]) -> bool:
+    """Whether a ``result.json`` payload is of a flagged (failed) run."""
+    return result.get("status") == "flagged" or bool(result.get("flags"))
+
+
 def run_state(spec: RunSpec, results_dir: Path) -> str:
-    """``done`` (finished with this config), ``todo``, or ``conflict`` (finished with another config)."""
+    """``done`` (finished with this config), ``failed`` (flagged with this config: rerunning
+    repeats it), ``todo``, or ``conflict`` (finished or flagged with another config)."""
     path = results_dir / spec.rel_dir / "result.json"
     if not path.is_file():
         return "todo"
     saved = json.loads(path.read_text())
-    if not saved.get("finished"):
+    if not saved.get("finished") and not is_flagged(saved):
         return "todo"
     differs = [k for k, v in spec.config.items() if saved["config"].get(k) != v]
-    return "conflict" if differs else "done"
+    if differs:
+        return "conflict"
+    return "failed" if is_flagged(saved) else "done"
 
 
 def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scratch_dir: Path = DEFAULT_SCRATCH,
@@ -507,8 +522,11 @@ def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scra
     if conflicts and not overwrite:
         raise RuntimeError(f"finished runs with a different config (another budget?): {conflicts}; "
                            "pass --overwrite to replace them")
-    todo = [s for s, st in zip(specs, states) if st != "done"]
+    todo = [s for s, st in zip(specs, states) if st not in ("done", "failed")]
+    failed = [str(s.rel_dir) for s, st in zip(specs, states) if st == "failed"]
     log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already finished, {len(todo)} to run, jobs={jobs}")
+    for rel_dir in failed:
+        log(f"FAILED (flagged earlier, not rerun) {rel_dir}")
     infos = []
     if jobs <= 1:
         for k, spec in enumerate(todo, 1):
@@ -532,6 +550,8 @@ def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scra
 
 
 def _line(k: int, n: int, spec: RunSpec, info: dict[str, Any]) -> str:
+    if info["flags"]:
+        return f"[{k}/{n}] FAILED (flagged) {spec.rel_dir}: {'; '.join(info['flags'])}"
     errors = ", ".join(f"{key} {value:.4g}" for key, value in info["test"].items())
     return f"[{k}/{n}] {spec.rel_dir}: {errors} ({info['wall_seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU)"
 
@@ -541,11 +561,11 @@ def _line(k: int, n: int, spec: RunSpec, info: dict[str, Any]) -> str:
 
 
 def collect(results_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished run under ``results_dir/runs`` (result.json + run_info.json)."""
+    """One row per finished, unflagged run under ``results_dir/runs`` (result.json + run_info.json)."""
     rows = []
     for path in sorted((results_dir / "runs").glob("*/*/*/seed*/result.json")):
         result = json.loads(path.read_text())
-        if not result.get("finished"):
+        if not result.get("finished") or is_flagged(result):
             continue
         info_path = path.parent / "run_info.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -557,6 +577,16 @@ def collect(results_dir: Path) -> list[dict[str, Any]]:
                      "units": result["units"], "cpu_seconds": info.get("cpu_seconds", float("nan")),
                      "tables": info.get("tables")})
     return rows
+
+
+def flagged_runs(results_dir: Path) -> list[tuple[str, list[str]]]:
+    """``(run directory, flags)`` of every flagged run under ``results_dir/runs``: the failed runs."""
+    out = []
+    for path in sorted((results_dir / "runs").glob("*/*/*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        if is_flagged(result):
+            out.append((str(path.parent.relative_to(results_dir)), list(result.get("flags", []))))
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -683,6 +713,12 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
         lines += [f"- {inv['date']} (budget `{inv['budget']}`, jobs {inv['jobs']}{took}):", "",
                   f"  ```\n  {inv['command']}\n  ```", "",
                   "  " + ", ".join(f"{k} {v}" for k, v in inv["environment"].items()), ""]
+    failed = flagged_runs(results_dir)
+    if failed:
+        lines += ["## Failed (flagged) runs", "",
+                  "Flagged by `posenc.run_health`; left out of every table below.", ""]
+        lines += [f"- `{rel_dir}`: {'; '.join(flags) or 'flagged'}" for rel_dir, flags in failed]
+        lines.append("")
     if md17:
         lines += ["## MD17 (test force MAE meV/Å, energy MAE meV; mean ± std over splits)", "",
                   "| molecule | backbone | arm | lr | epochs | splits | force MAE | energy MAE | table change (reached / unreached bins) |",

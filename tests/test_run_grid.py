@@ -88,12 +88,13 @@ def test_expand_grid_rejects_bad_input():
 
 
 def fake_run(root: Path, dataset: str, arm: str, seed: int, test: dict, units: list, finished: bool = True,
-             tables: list | None = None) -> None:
+             tables: list | None = None, flags: list | None = None) -> None:
     spec = grid.ARMS[arm]
     path = root / "runs" / dataset.replace(":", "-") / "egnn" / arm / f"seed{seed}"
     path.mkdir(parents=True)
     config = {"dataset": dataset, "encoding": spec.encoding, "lam": spec.lam, "seed": seed, "epochs": 5, **spec.config}
-    (path / "result.json").write_text(json.dumps({"finished": finished, "test": test, "units": units, "config": config}))
+    (path / "result.json").write_text(json.dumps({"finished": finished, "test": test, "units": units, "config": config,
+                                                  "flags": flags or [], "status": "flagged" if flags else "ok"}))
     (path / "run_info.json").write_text(json.dumps({"cpu_seconds": 10.0 * seed, "tables": tables}))
 
 
@@ -109,6 +110,8 @@ def test_aggregate_mean_and_sample_std(tmp_path):
                  tables=[{"values_rel_change": 0.1 * seed}, {"values_rel_change": 0.3 * seed}])
     fake_run(tmp_path, "md17:ethanol", "raw", 1, {"force_mae": 30.0, "energy_mae": 9.0}, ["meV"])
     fake_run(tmp_path, "md17:ethanol", "raw", 2, {"force_mae": 99.0, "energy_mae": 99.0}, ["meV"], finished=False)
+    fake_run(tmp_path, "md17:ethanol", "raw", 3, {"force_mae": 849.0, "energy_mae": 9.0}, ["meV"],
+             flags=["stuck at epoch 5: training data loss 0.99 >= 0.9 x zero-prediction loss 0.99"])
     fake_run(tmp_path, "qm9:homo", "mlp", 1, {"mae": 40.0}, ["meV"])
     fake_run(tmp_path, "qm9:homo", "mlp", 2, {"mae": 44.0}, ["meV"])
     invocation = {"date": "2026-01-01", "budget": "tiny", "jobs": 1, "command": "python scripts/run_grid.py --x",
@@ -121,7 +124,7 @@ def test_aggregate_mean_and_sample_std(tmp_path):
     assert float(md17["posenc"]["energy_mae_mean"]) == pytest.approx(values.mean() / 2, rel=1e-5)
     assert float(md17["posenc"]["table_rel_change"]) == pytest.approx(np.mean([0.2, 0.4, 0.6]), rel=1e-5)
     assert md17["posenc"]["seeds"] == "1 2 3" and md17["posenc"]["n_seeds"] == "3"
-    # the unfinished raw run is left out; one seed has no std
+    # the unfinished and the flagged raw runs are left out; one seed has no std
     assert md17["raw"]["n_seeds"] == "1" and float(md17["raw"]["force_mae_mean"]) == 30.0
     assert md17["raw"]["force_mae_std"] == "nan"
     assert list(md17) == ["raw", "posenc"]  # the paper's row order
@@ -129,6 +132,7 @@ def test_aggregate_mean_and_sample_std(tmp_path):
     assert float(qm9["mae_mean"]) == 42.0 and float(qm9["mae_std"]) == pytest.approx(np.std([40, 44], ddof=1), rel=1e-5)
     readme = (tmp_path / "README.md").read_text()
     assert "python scripts/run_grid.py --x" in readme and "| ethanol | egnn | posenc |" in readme
+    assert "## Failed (flagged) runs" in readme and "`runs/md17-ethanol/egnn/raw/seed3`: stuck at epoch 5" in readme
     # a second invocation is appended to the log, not replacing it
     grid.aggregate(tmp_path, {**invocation, "command": "second"})
     assert len(json.loads((tmp_path / "grid_invocations.json").read_text())) == 2
@@ -171,6 +175,9 @@ def test_select_rates_by_validation_error(tmp_path):
             (path / "result.json").write_text(json.dumps({"finished": True, "best_val": v, "test": {"force_mae": -v},
                                                           "config": {"lr": lr}}))
     assert grid.select_rates(tmp_path) == {"raw": 1e-3, "posenc": 3e-4, "smooth": 3e-3}
+    flagged = tmp_path / "runs" / "md17-ethanol" / "egnn" / "posenc-lr0.0003" / "seed1" / "result.json"
+    flagged.write_text(json.dumps({**json.loads(flagged.read_text()), "status": "flagged", "flags": ["spike at ..."]}))
+    assert grid.select_rates(tmp_path)["posenc"] == 1e-3  # a flagged run is never chosen
     (tmp_path / "runs" / "md17-ethanol" / "egnn" / "raw-lr0.001" / "seed1" / "result.json").unlink()
     with pytest.raises(RuntimeError, match="raw"):
         grid.select_rates(tmp_path)
@@ -228,3 +235,18 @@ def test_tiny_grid_end_to_end(tmp_path):
     md17, _ = grid.aggregate(results)
     assert [r["arm"] for r in md17] == ["raw", "smooth"]
     assert md17[1]["force_mae_mean"] == pytest.approx(infos[1]["test"]["force_mae"])
+
+
+def test_a_flagged_run_is_failed_not_rerun(tmp_path):
+    specs = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw",), seeds=[1], budget=TINY)
+    (spec,) = specs
+    path = tmp_path / spec.rel_dir
+    path.mkdir(parents=True)
+    flags = ["stuck at epoch 3: training data loss 1 >= 0.9 x zero-prediction loss 1 for 3 epochs after the warm-up"]
+    (path / "result.json").write_text(json.dumps({"finished": True, "test": {"force_mae": 1.0}, "units": ["meV"],
+                                                  "config": spec.config, "flags": flags, "status": "flagged"}))
+    assert grid.run_state(spec, tmp_path) == "failed"
+    lines = []
+    assert grid.run_grid(specs, tmp_path, tmp_path / "scratch", jobs=1, log=lines.append) == []
+    assert any(line.startswith("FAILED") and str(spec.rel_dir) in line for line in lines)
+    assert grid.collect(tmp_path) == [] and grid.flagged_runs(tmp_path) == [(str(spec.rel_dir), flags)]
