@@ -47,3 +47,29 @@ def test_errors_are_reported(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--epochs", "many"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "haiku"])
+def test_quick_synthetic_run_in_either_backend(tmp_path, capsys, backend):
+    out = str(tmp_path / backend)
+    args = ["train", "--quick", "--dataset", "synthetic:md17", "--backend", backend, "--epochs", "2", "--n-train", "20",
+            "--n-test", "10", "--progress", "false", "--out-dir", out]
+    assert main(args) == 0
+    assert "test force MAE" in capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads((tmp_path / backend / "result.json").read_text())["status"] == "ok"
+
+
+def test_a_flagged_run_ends_with_flagged_and_exit_3(tmp_path, capsys, monkeypatch):
+    import posenc.trainer
+    from posenc.training import TrainResult
+
+    flags = ["stuck at epoch 5: training data loss 0.99 >= 0.9 x zero-prediction loss 0.99 for 3 epochs"]
+
+    def flagged(config):
+        return TrainResult(out_dir=str(tmp_path), history=[{"epoch": 5}], best_epoch=1, best_val=1.0,
+                           test={"force_mae": 849.0, "energy_mae": 1.0}, units=("meV",), x_range=(0.0, 5.0),
+                           finished=True, distance_scale=1.0, flags=flags)
+
+    monkeypatch.setattr(posenc.trainer, "train", flagged)
+    assert main(["train", *TINY, "--out-dir", str(tmp_path)]) == 3
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("FLAGGED: stuck at epoch 5")

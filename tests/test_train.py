@@ -1,5 +1,6 @@
 """The training loop: files, exact resumption, corrupt checkpoints, both tasks, both backends."""
 
+import dataclasses
 import json
 import sys
 
@@ -7,9 +8,11 @@ import numpy as np
 import pytest
 
 from molecule_factory import random_molecules
+from posenc.encoding_defaults import distance_scale
 from posenc.torch.train import load_checkpoint
 from posenc.trainer import train
-from posenc.training import QUICK_PROFILE, TrainConfig, cut_data, output_stats, parse_dataset, resolve
+from posenc.training import (QUICK_PROFILE, TrainConfig, cut_data, encoding_overrides, lr_factor, output_stats,
+                             parse_dataset, resolve)
 
 TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, progress=False,
             encoding_kwargs={"n_bin": 8, "dim": 4})
@@ -62,7 +65,8 @@ def test_files_of_a_run(tmp_path):
     assert state["epoch"] == 2 and state["config"]["dataset"] == "md17:toy"
     best = load_checkpoint(out / "best.pt")  # the weights of the best validation epoch
     assert set(best) == {"format", "epoch", "model", "x_range", "distance_scale"} and 1 <= best["epoch"] <= 2
-    assert best["distance_scale"] == saved["distance_scale"] and saved["status"] == "ok" and saved["flags"] == []
+    assert best["distance_scale"] == saved["distance_scale"] == distance_scale(md17_like()["train"])
+    assert saved["status"] == "ok" and saved["flags"] == [] and all(r["flags"] == "" for r in rows)
     with pytest.raises(ValueError, match="lacks"):
         load_checkpoint(out / "best.pt", resumable=True)
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
@@ -186,3 +190,102 @@ def test_table_switches_need_a_table_encoding():
             resolve(TrainConfig(encoding="raw", **bad))
     with pytest.raises(ValueError, match="table_lr_scale must be > 0"):
         resolve(TrainConfig(table_lr_scale=0.0))
+
+
+@pytest.mark.parametrize("schedule,alpha", [("cosine", 0.01), ("none", 1.0)])
+def test_both_backends_follow_the_closed_form_rate(schedule, alpha):
+    import torch
+
+    from posenc.haiku.train import learning_rate as haiku_rate
+    from posenc.torch.train import learning_rate as torch_rate
+    from posenc.torch.train import make_optimizer
+
+    config = TrainConfig(lr=2e-3, min_lr=2e-5, epochs=10, warmup_epochs=2.0, schedule=schedule)
+    steps_per_epoch, total, warmup = 7, 70, 14
+    expected = [2e-3 * float(lr_factor(s, total, warmup, alpha)) for s in range(90)]
+    assert expected[0] == pytest.approx(2e-3 / warmup) and expected[warmup - 1] == pytest.approx(2e-3)  # starts near 0
+    assert max(expected) == pytest.approx(2e-3) and expected[-1] == pytest.approx(2e-3 * alpha)
+    optimizer, scheduler = make_optimizer(config, torch.nn.Linear(2, 1), torch_rate(config, steps_per_epoch))
+    seen = []
+    for _ in range(90):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    rate = haiku_rate(config, steps_per_epoch)
+    np.testing.assert_allclose([float(rate(s)) for s in range(90)], expected, rtol=1e-5)  # float32 in JAX
+    with pytest.raises(ValueError, match="torch only"):
+        haiku_rate(TrainConfig(schedule="plateau"), steps_per_epoch)
+
+
+def test_raw_and_mlp_read_distances_divided_by_the_training_scale():
+    assert encoding_overrides(TrainConfig(encoding="raw"), 2.0)["scale"] == 0.5
+    assert encoding_overrides(TrainConfig(encoding="mlp"), 4.0)["scale"] == 0.25
+    assert encoding_overrides(TrainConfig(encoding="raw", encoding_kwargs={"scale": 1.0}), 2.0)["scale"] == 1.0
+    assert "scale" not in encoding_overrides(TrainConfig(encoding="hermite"), 2.0)
+    assert "scale" not in encoding_overrides(TrainConfig(encoding="raw"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "haiku"])
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, backend):
+    data, suffix = md17_like(), {"torch": ".pt", "haiku": ".npz"}[backend]
+    config = dict(dataset="md17:toy", backend=backend, epochs=3, out_dir=str(tmp_path), **TINY)
+    train(TrainConfig(stop_after=1, **config), data)
+    good = {name: (tmp_path / f"{name}{suffix}").read_bytes() for name in ("best", "last")}
+    targets = data["train"].targets.copy()
+    targets[0] = 1e30  # its squared error overflows float32: every epoch has a batch with molecule 0
+    bad = {**data, "train": dataclasses.replace(data["train"], targets=targets)}
+    result = train(TrainConfig(resume=True, **config), bad)
+    assert not result.finished and result.status == "flagged" and result.test == {}
+    assert result.flags[0].startswith("non-finite at epoch 2")
+    assert {name: (tmp_path / f"{name}{suffix}").read_bytes() for name in ("best", "last")} == good
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["flags"] for r in rows] == ["", "non-finite"]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["status"] == "flagged" and saved["flags"] == result.flags
+
+
+def test_haiku_checkpoints_are_data_and_load_in_the_same_way(tmp_path):
+    from posenc.haiku.train import CHECKPOINT_FORMAT
+    from posenc.haiku.train import load_checkpoint as load_haiku
+
+    result = train(TrainConfig(dataset="md17:toy", backend="haiku", epochs=2, out_dir=str(tmp_path), **TINY),
+                   md17_like())
+    best = load_haiku(tmp_path / "best.npz")  # its own best checkpoint
+    assert best["format"] == CHECKPOINT_FORMAT and best["epoch"] == result.best_epoch
+    assert best["distance_scale"] == result.distance_scale and "opt_state" not in best
+    assert any("values" in leaves for leaves in best["params"].values())
+    last = load_haiku(tmp_path / "last.npz", resumable=True)
+    assert last["epoch"] == 2 and last["config"]["backend"] == "haiku" and last["opt_state"]["leaves"]
+    with pytest.raises(ValueError, match="lacks"):
+        load_haiku(tmp_path / "best.npz", resumable=True)
+    with np.load(tmp_path / "last.npz", allow_pickle=False) as npz:  # plain arrays and a JSON string
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that a loader executed the pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path):
+    import pickle
+
+    from posenc.haiku.train import load_checkpoint as load_haiku
+
+    marker = tmp_path / "executed"
+    config = dict(dataset="md17:toy", backend="haiku", epochs=2, out_dir=str(tmp_path / "run"), **TINY)
+    (tmp_path / "run").mkdir()
+    for name in ("best.pkl", "last.pkl", "best.npz"):
+        path = tmp_path / "run" / name
+        path.write_bytes(pickle.dumps({"format": "posenc-haiku-checkpoint-1", "params": _Trap(str(marker))}))
+        with pytest.raises(ValueError, match="posenc-haiku-checkpoint-1.*posenc-haiku-checkpoint-2"):
+            load_haiku(path)
+    with pytest.raises(ValueError, match="pickle"):  # an old run directory: resume names the formats
+        train(TrainConfig(resume=True, **config), md17_like())
+    assert not marker.exists()
