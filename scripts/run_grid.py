@@ -21,7 +21,7 @@ Studies (``--study``, MD17 ethanol in the committed results):
   lambda, the tables' learning rate, linear interpolation, a Gaussian basis), see :data:`ARMS`;
 * ``long``: raw, posenc and posenc-frozen for :data:`LONG_EPOCHS` epochs.
 
-Files: each run trains in a scratch directory outside the repository (checkpoints are large and
+Files: each run trains in the git-ignored scratch directory ``.scratch/`` (checkpoints are large and
 deleted once the run is finished) and copies its small files to
 ``results/runs/<dataset>/<backbone>/<arm>/seed<k>/``: ``result.json``, ``metrics.csv`` and (for
 table encodings) ``encoding_tables.npz`` from the training code, and ``run_info.json`` (wall and
@@ -67,7 +67,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
-DEFAULT_SCRATCH = Path(os.environ.get("POSENC_GRID_SCRATCH", "/tmp/posenc_grid_scratch"))
+DEFAULT_SCRATCH = Path(os.environ.get("POSENC_GRID_SCRATCH", REPO / ".scratch"))
 
 #: Weight lambda of the smoothness loss in the "smooth" arm. The paper gives no value; 0.01 is a
 #: middle choice that was NOT tuned (the calibration note: 0.1 already flattens a smooth table;
@@ -165,10 +165,43 @@ def _long_arms() -> dict[str, Arm]:
     return long
 
 
-#: Arm name -> :class:`Arm`: the main arms, the lr study, the ablation study and the long check.
-ARMS: dict[str, Arm] = {**_main_arms(), **_ablation_arms(), **_long_arms()}
+#: Epochs of the engine study: long enough to leave the warm-up and the zero-prediction plateau.
+ENGINE_EPOCHS = 30
+#: Epochs of the proof runs: about the calibration note's 650-800, with the default cosine.
+PROOF_EPOCHS = 1000
+
+
+def _engine_arms() -> dict[str, Arm]:
+    """Every distance encoding at the default recipe (``TrainConfig``'s lr and warm-up, no tuning):
+    the training engine's stability check, ``ENGINE_EPOCHS`` epochs each."""
+    one = {  # name: (encoding, lambda, changes, note)
+        "raw": ("raw", 0.0, {}, "EGNN's d^2 over the training set's mean"),
+        "mlp": ("mlp", 0.0, {}, "2-layer ReLU MLP of the scaled distance"),
+        "gaussian": ("gaussian", 0.0, {}, "Gaussian RBF, 50 fixed centres"),
+        "bessel": ("bessel", 0.0, {}, "DimeNet's radial Bessel basis, 16 functions"),
+        "linear": ("linear", 0.0, {}, "linear (C0) table, 64 bins x 32"),
+        "hermite": ("hermite", 0.0, {}, "Hermite table, 64 bins x 32"),
+        "hermite-frozen": ("hermite", 0.0, {"freeze_tables": True}, "Hermite table never trained"),
+        "hermite-lam0.1": ("hermite", 0.1, {}, "Hermite table, lambda = 0.1"),
+    }
+    return {f"engine-{name}": Arm(enc, lam, {"epochs": ENGINE_EPOCHS, **changes},
+                                  f"{note}; default recipe, {ENGINE_EPOCHS} epochs")
+            for name, (enc, lam, changes, note) in one.items()}
+
+
+def _proof_arms() -> dict[str, Arm]:
+    """raw and Hermite at the default recipe for ``PROOF_EPOCHS`` epochs (the engine's proof)."""
+    return {f"proof-{name}": Arm(name, 0.0, {"epochs": PROOF_EPOCHS}, f"default recipe, {PROOF_EPOCHS} epochs")
+            for name in ("raw", "hermite")}
+
+
+#: Arm name -> :class:`Arm`: the main arms, the lr study, the ablation study, the long check, the
+#: engine's stability study and its proof runs.
+ARMS: dict[str, Arm] = {**_main_arms(), **_ablation_arms(), **_long_arms(), **_engine_arms(), **_proof_arms()}
 ABLATION_ARMS = tuple(_ablation_arms())
 LONG_ARMS = tuple(_long_arms())
+ENGINE_ARMS = tuple(_engine_arms())
+PROOF_ARMS = tuple(_proof_arms())
 MD17_ARMS = ("raw", "posenc", "smooth")
 LR_STUDY_ARMS = tuple(f"{name}-lr{lr:g}" for name in MD17_ARMS for lr in LR_CANDIDATES)
 QM9_ARMS = ("raw", "mlp", "posenc", "smooth")
@@ -774,10 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MD17 molecules ('synthetic': toy data)")
     p.add_argument("--targets", nargs="+", default=["U0", "homo"], help="QM9 targets ('synthetic': toy data)")
     p.add_argument("--backbones", nargs="+", default=["egnn"], choices=MD17_BACKBONES, help="MD17 backbones")
-    p.add_argument("--study", choices=("main", "lr", "ablation", "long"), default="main",
+    p.add_argument("--study", choices=("main", "lr", "ablation", "long", "engine", "proof"), default="main",
                    help="which arms by default: the paper's (main), the lr study (every main arm at each of "
-                        "LR_CANDIDATES), the ablation (posenc varied one knob at a time) or the long check (raw, "
-                        "posenc, posenc-frozen for LONG_EPOCHS); all but main are MD17 only")
+                        "LR_CANDIDATES), the ablation (posenc varied one knob at a time), the long check (raw, "
+                        "posenc, posenc-frozen for LONG_EPOCHS), the engine's stability study (every encoding at "
+                        "the default recipe for ENGINE_EPOCHS) or its proof (raw and hermite for PROOF_EPOCHS); "
+                        "all but main are MD17 only")
     p.add_argument("--arms", nargs="+", default=None, choices=tuple(ARMS),
                    help="arms (default: by --study; main: raw posenc smooth for MD17, raw mlp posenc smooth for QM9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="MD17 splits / QM9 seeds")
@@ -786,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the budget's torch device")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
-    p.add_argument("--scratch-dir", type=Path, default=DEFAULT_SCRATCH, help="checkpoints (outside the repo)")
+    p.add_argument("--scratch-dir", type=Path, default=DEFAULT_SCRATCH, help="checkpoints (git-ignored, never committed)")
     p.add_argument("--overwrite", action="store_true", help="rerun finished runs whose config differs")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     p.add_argument("--aggregate-only", action="store_true", help="only rewrite the summaries and README")
@@ -806,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.study != "main" and args.dataset != "md17":
         raise SystemExit(f"--study {args.study} runs on MD17 only: pass --dataset md17")
     md17_arms = args.arms or {"main": MD17_ARMS, "lr": LR_STUDY_ARMS, "ablation": ABLATION_ARMS,
-                                   "long": LONG_ARMS}[args.study]
+                              "long": LONG_ARMS, "engine": ENGINE_ARMS, "proof": PROOF_ARMS}[args.study]
     qm9_arms = args.arms or QM9_ARMS
     specs = []
     if args.dataset in ("md17", "both"):
