@@ -25,6 +25,7 @@ stopping an evaluation.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,19 @@ def distance_extent(mols: Molecules) -> tuple[float, float]:
     if not np.isfinite(shortest):
         raise ValueError("no molecule has two atoms: there is no interatomic distance")
     return shortest, longest
+
+
+def encoding_init_bound(enc_dim: int) -> float:
+    """The bound b of ``U(-b, b)`` for the edge layer's weights that read the encoding: ``sqrt(3 / D)``.
+
+    Initialised with the layer's joint fan-in ``2H + D`` (torch's default), EGNN's one raw
+    feature ``d^2`` starts with weights of about 0.09 among 128 inputs of unit size: the energy
+    barely depends on the geometry, the forces start at zero, and the run sits on the plateau of
+    predicting F = 0 for tens of epochs (measured on MD17 ethanol at lr 1e-3: 30 epochs, with
+    this bound 3). Weights of variance 1/D give the encoded distances, of any width D, a
+    contribution of unit size to each message, as the atom features have. Both backends' EGNN use it.
+    """
+    return math.sqrt(3.0 / enc_dim)
 
 
 #: Encodings that read the distance itself and so get ``scale = 1 / distance_scale(train)``.

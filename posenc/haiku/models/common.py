@@ -97,6 +97,24 @@ class Linear(hk.Linear):
         return w, b
 
 
+def block_uniform(rows: Sequence[int], bounds: Sequence[float]) -> hk.initializers.Initializer:
+    """A ``[sum(rows), out]`` weight initialiser: rows of block k uniform in ``(-bounds[k], bounds[k])``.
+
+    For a layer whose input concatenates parts of different widths (the EGNN edge layer's atom
+    features and encoded distance), each part initialised at its own scale.
+    """
+    if len(rows) != len(bounds):
+        raise ValueError(f"got {len(rows)} blocks but {len(bounds)} bounds")
+
+    def init(shape: Sequence[int], dtype: Any) -> jax.Array:
+        if shape[0] != sum(rows):
+            raise ValueError(f"the blocks have {sum(rows)} rows, the weight {shape[0]}")
+        return jnp.concatenate([hk.initializers.RandomUniform(-b, b)((r, *shape[1:]), dtype)
+                                for r, b in zip(rows, bounds)], axis=0)
+
+    return init
+
+
 class MLP(hk.Module):
     """Linear layers ``linear_0, linear_1, ...`` with SiLU between them (and after the last if asked).
 
@@ -106,17 +124,21 @@ class MLP(hk.Module):
     Args:
       sizes: ``[in, hidden..., out]`` widths.
       act_last: also apply SiLU after the last layer.
+      first_w_init: initialiser of the first layer's weights (default: like torch's ``nn.Linear``).
       last_w_init: initialiser of the last layer's weights (default: like torch's ``nn.Linear``).
       name: module name.
     """
 
     def __init__(self, sizes: Sequence[int], *, act_last: bool = False,
+                 first_w_init: hk.initializers.Initializer | None = None,
                  last_w_init: hk.initializers.Initializer | None = None, name: str | None = None) -> None:
         super().__init__(name=name)
         self.act_last = act_last
         n = len(sizes) - 1
-        self.linears = [Linear(sizes[k + 1], sizes[k], f"linear_{k}", last_w_init if k == n - 1 else None)
-                        for k in range(n)]
+        inits = [first_w_init if k == 0 else None for k in range(n)]
+        if last_w_init is not None:
+            inits[n - 1] = last_w_init
+        self.linears = [Linear(sizes[k + 1], sizes[k], f"linear_{k}", inits[k]) for k in range(n)]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for k, linear in enumerate(self.linears):

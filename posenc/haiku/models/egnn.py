@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import haiku as hk
@@ -22,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posenc.encoding_defaults import encoding_init_bound
 from posenc.haiku.encodings import project_all
 from posenc.haiku.models.common import (
     MLP,
+    block_uniform,
     N_SPECIES,
     AtomEmbedding,
     EnergyHead,
@@ -56,7 +59,11 @@ class EGNNLayer(hk.Module):
             enc_dim = self.encoding.dim
         elif enc_dim is None:
             raise ValueError("a layer without its own encoding needs enc_dim (the shared encoding's size)")
-        self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True, name="edge_mlp")
+        # the encoding's rows at their own fan-in (see posenc.torch.models.egnn.encoding_init_bound)
+        self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True,
+                            first_w_init=block_uniform([2 * hidden, enc_dim], [1.0 / math.sqrt(2 * hidden + enc_dim),
+                                                                                encoding_init_bound(enc_dim)]),
+                            name="edge_mlp")
         self.node_mlp = MLP([2 * hidden, hidden, hidden], name="node_mlp")
         self.update_coords = update_coords
         if update_coords:

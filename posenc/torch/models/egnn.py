@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from posenc.encoding_defaults import encoding_init_bound
 from posenc.torch.batching import Batch
 from posenc.torch.encodings import project_all
 from posenc.torch.models.common import (
@@ -121,6 +122,9 @@ class EGNNLayer(nn.Module):
             self.encoding = encoding
         self.hidden = hidden
         self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True, **factory)
+        with torch.no_grad():  # the encoding's columns at their own fan-in: see encoding_init_bound
+            bound = encoding_init_bound(enc_dim)
+            self.edge_mlp.linear_0.weight[:, 2 * hidden:].uniform_(-bound, bound)
         self.node_mlp = MLP([2 * hidden, hidden, hidden], **factory)
         self.update_coords = update_coords
         if update_coords:
