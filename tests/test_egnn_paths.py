@@ -118,3 +118,28 @@ def test_raw_scale_is_saved_with_the_model():
                                torch.tensor([[0.25]], dtype=torch.float64))
     with pytest.raises(ValueError, match="scale"):
         EGNN(1, 4, "raw", {"scale": 0.0})
+
+
+@pytest.mark.parametrize("encoding,dim", [("raw", 1), ("hermite", 32)])
+def test_encoding_weights_start_at_their_own_fan_in(encoding, dim):
+    """Both backends draw the edge layer's encoding weights from U(-sqrt(3/D), sqrt(3/D)), the
+    atom-feature weights from torch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    import haiku as hk
+    import jax
+    import numpy as np
+
+    from posenc.haiku.batching import collate_jax
+    from posenc.haiku.models.egnn import EGNN as HaikuEGNN
+
+    hidden, bound = 16, (3.0 / dim) ** 0.5
+    joint = 1.0 / (2 * hidden + dim) ** 0.5
+    torch.manual_seed(0)
+    w_torch = EGNN(1, hidden, encoding, x_max=6.0).layers[0].edge_mlp.linear_0.weight.detach().numpy().T
+    mols = random_molecules([4], seed=0)
+    graph = collate_jax(mols, [0], max_atoms=4, max_edges=12)
+    model = hk.transform(lambda g: HaikuEGNN(1, hidden, encoding, x_max=6.0)(g))
+    w_haiku = np.asarray(model.init(jax.random.PRNGKey(0), graph)["egnn/~/layers_0/~/edge_mlp/~/linear_0"]["w"])
+    for w in (w_torch, w_haiku):  # [2H + D, H]
+        atoms, enc = np.abs(w[:2 * hidden]), np.abs(w[2 * hidden:])
+        assert atoms.max() <= joint and enc.max() <= bound
+        assert enc.max() > 0.8 * bound and atoms.max() > 0.8 * joint  # the whole range is used

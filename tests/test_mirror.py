@@ -21,12 +21,20 @@ ROOT = Path(posenc.__file__).parent
 #: backbones and the registry that builds them (the Haiku backend has the EGNN only).
 TORCH_ONLY_MODULES = frozenset({"_triton_kernels", "triton_kernel", "models.dimenet", "models.transformer",
                                 "models.registry"})
-#: Torch-only names: the Triton path's hook.
-TORCH_ONLY_NAMES = frozenset({"set_fused_interpolate"})
+#: Torch-only names: the Triton path's hook; the wrapper that gives DimeNet++ (torch only) its
+#: output statistics, and the setter of those statistics as buffers after construction (Haiku
+#: takes them as constructor arguments); the per-layer encodings helper of the three torch
+#: backbones (the Haiku EGNN builds each layer's encoding in that layer's scope, which fixes
+#: its parameter names); the torch EGNN's dense pair path for equal-size molecules (Haiku's
+#: padded edge lists already have static shapes, and XLA compiles their gathers).
+TORCH_ONLY_NAMES = frozenset({"set_fused_interpolate", "WithOutputStats", "set_output_stats", "layer_encodings",
+                              "PairGeometry", "pair_geometry"})
 #: Haiku-only names: the torch -> Haiku statistics copy, the tracing test of an eager check, and
-#: the Haiku forms of a torch module (``hk.transform`` builders; statistics set in the params).
+#: the Haiku forms of a torch module (``hk.transform`` builders; statistics set in the params;
+#: ``torch.nn.Linear`` with its parameters readable before a call, and a block-wise weight
+#: initialiser where torch initialises a slice of the weight in place).
 HAIKU_ONLY_NAMES = frozenset({"stats_from_torch", "is_concrete", "pair_energy_model", "cluster_energy_model",
-                              "set_normalisation"})
+                              "set_normalisation", "Linear", "block_uniform"})
 #: Batches differ in form: torch's edge lists (``Batch``) against JAX's padded, masked dict.
 DIFFERENT_FORMS = {"batching": ({"Batch", "collate"}, {"collate_jax"})}
 

@@ -12,6 +12,7 @@ from posenc.haiku.encodings import (
     SmoothCutoff,
     TableEncoding,
     make_encoding,
+    project_all,
 )
 from posenc.haiku.losses import smoothness_loss, total_smoothness_loss
 
@@ -26,6 +27,7 @@ __all__ = [
     "SmoothCutoff",
     "TableEncoding",
     "make_encoding",
+    "project_all",
     "smooth_cutoff",
     "smoothness_loss",
     "total_smoothness_loss",

@@ -12,6 +12,7 @@ from posenc.torch.encodings import (
     SmoothCutoff,
     TableEncoding,
     make_encoding,
+    project_all,
 )
 from posenc.torch.losses import smoothness_loss, total_smoothness_loss
 from posenc.torch import triton_kernel as _triton_kernel
@@ -30,6 +31,7 @@ __all__ = [
     "SmoothCutoff",
     "TableEncoding",
     "make_encoding",
+    "project_all",
     "smooth_cutoff",
     "smoothness_loss",
     "total_smoothness_loss",

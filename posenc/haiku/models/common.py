@@ -34,7 +34,7 @@ def build_distance_encoding(name: str, x_max: float, overrides: dict[str, Any] |
     return ENCODINGS[name](**kwargs, name=module_name)  # make_encoding's own first argument is `name`
 
 
-def check_graph(graph: Mapping[str, jax.Array], n_species: int = N_SPECIES) -> None:
+def check_batch(graph: Mapping[str, jax.Array], n_species: int = N_SPECIES) -> None:
     """Raises a clear error for a graph a model cannot use (value checks only when not traced).
 
     Raises:

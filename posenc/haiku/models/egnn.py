@@ -32,7 +32,7 @@ from posenc.haiku.models.common import (
     AtomEmbedding,
     EnergyHead,
     build_distance_encoding,
-    check_graph,
+    check_batch,
     edge_geometry,
 )
 
@@ -141,7 +141,7 @@ class EGNN(hk.Module):
 
     def __call__(self, graph: Mapping[str, jax.Array]) -> jax.Array:
         """Per-molecule outputs ``[M_pad, T]``."""
-        check_graph(graph, self.n_species)
+        check_batch(graph, self.n_species)
         pos, edge_index, edge_mask = graph["pos"], graph["edge_index"], graph["edge_mask"]
         encodings = [self.encoding or layer.encoding for layer in self.layers]
         h = self.embedding(graph["z"], pos.dtype)  # [A, H]
