@@ -1,149 +1,215 @@
-"""Training-step time per backbone x distance encoding, on CPU (PyTorch).
+"""Training speed: CPU-seconds per epoch of EGNN 4x64 on rMD17, both backends, one thread.
 
-One step = the loss of a batch (energy and forces by autograd with ``create_graph=True`` for the
-MD17 batch, the property for the QM9 batch) + ``lam * L_smooth`` + backward + Adam. Two batches:
+An epoch is what the trainer's backend runs between two validations (``Backend.run_epoch``):
+950 training frames of the split in batches of 16 (60 steps), each step the loss with forces by
+autograd (``create_graph``), backward, gradient clipping, Adam and the schedule. Validation is
+not included. Cells: molecule (ethanol, aspirin) x backend (torch, haiku) x arm:
 
-* MD17 aspirin: 16 frames x 21 atoms, fully connected (real rMD17 frames when the loader finds
-  them, else random geometries of the same formula);
-* QM9-sized: 32 random molecules of 10..29 atoms (H/C/N/O), fully connected (DimeNet++: its
-  5 Angstrom radius graph).
+* ``raw``: EGNN's own feature, the squared distance (divided by the training set's mean);
+* ``hermite``: the learned Hermite table (64 bins x 32), lambda = 0;
+* ``hermite+smooth``: the same with lambda = 0.1 (the smoothness loss in every step);
+* ``plain eager``: the reference column, an EGNN written here the obvious way in PyTorch
+  (concatenate ``[h_i, h_j, d^2]``, edge lists, ``index_add``; raw feature, plain Adam): what a
+  straightforward implementation costs on the same machine.
 
-Times are CPU seconds of this process (one thread): the fastest step of each cell, the cells
-taking turns so that a slow spell of a shared machine hits all alike. The "+%" column is the step
-time over the same backbone with its own distance feature (EGNN and Transformer: the raw
-distance; DimeNet++: its Bessel basis): the encoding's share of a step. ``hermite+smooth`` adds
-``lam * L_smooth`` (lam = 0.1). Run:
+Each cell runs in a subprocess of its own, pinned to one thread (``torch.set_num_threads(1)``;
+XLA's CPU backend single-threaded), and is timed in CPU seconds of that process
+(``time.process_time``), so the numbers do not depend on what the other core does. One warm-up
+epoch (Haiku's compilation) is dropped; the table gives the median of ``--epochs`` timed epochs.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_training.py [--seconds 5] [--backbones egnn transformer]
+Targets (issue 12): ethanol Hermite <= 1.0 CPU-s/epoch in each backend; Hermite <= 1.10 x raw in
+the same backend; aspirin Hermite <= 5 CPU-s/epoch. Needs the rMD17 files
+(``POSENC_DATA`` or ``../shared/data/rmd17``).
+
+Usage::
+
+    python benchmarks/bench_training.py [--epochs 3] [--molecules ethanol aspirin] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from posenc.torch.batching import collate
-from posenc.data.molecules import Molecules
-from posenc.torch.models import graph_cutoff, make_model, set_output_stats
-from posenc.torch.train import loss_terms
-from posenc.encoding_defaults import distance_range
-from posenc.training import output_stats
-
-ENCODINGS = ("raw", "mlp", "gaussian", "bessel", "linear", "hermite", "hermite+smooth")
-#: Each backbone's own distance feature: the reference of the "+%" column.
-BASELINE = {"egnn": "raw", "transformer": "raw", "dimenet": "bessel"}
-ASPIRIN_Z = np.array([6] * 9 + [8] * 4 + [1] * 8)
+RESULTS = Path(__file__).resolve().parent / "results" / "training_cpu.md"
+ARMS = ("raw", "hermite", "hermite+smooth")
+BACKENDS = ("torch", "haiku")
+TARGET_SECONDS = {"ethanol": 1.0, "aspirin": 5.0}
+TARGET_RATIO = 1.10
+N_TRAIN, BATCH, LAYERS, HIDDEN = 950, 16, 4, 64
 
 
-def random_geometries(z_per_mol: list[np.ndarray], seed: int, forces: bool) -> Molecules:
-    """Random molecules with atoms >= 1 Angstrom apart in a ball of molecular size."""
-    rng = np.random.default_rng(seed)
-    pos = []
-    for z in z_per_mol:
-        radius = 1.2 * len(z) ** (1 / 3)
-        atoms: list[np.ndarray] = []
-        while len(atoms) < len(z):
-            trial = rng.uniform(-radius, radius, size=3)
-            if np.linalg.norm(trial) <= radius and all(np.linalg.norm(trial - a) >= 1.0 for a in atoms):
-                atoms.append(trial)
-        pos.extend(atoms)
-    z = np.concatenate(z_per_mol)
-    return Molecules(z=z, pos=np.array(pos), n_atoms=np.array([len(m) for m in z_per_mol]),
-                     targets=rng.normal(size=(len(z_per_mol), 1)), target_names=("y",), target_units=("meV",),
-                     forces=rng.normal(size=(z.size, 3)) if forces else None)
+def cell_config(molecule: str, backend: str, arm: str):
+    """The :class:`posenc.training.TrainConfig` of one cell."""
+    from posenc.training import TrainConfig
+
+    encoding, lam = ("hermite", 0.1) if arm == "hermite+smooth" else (arm, 0.0)
+    return TrainConfig(dataset=f"md17:{molecule}", backend=backend, encoding=encoding, lam=lam, n_layers=LAYERS,
+                       hidden=HIDDEN, batch_size=BATCH, n_train=N_TRAIN, n_val=50, n_test=50, epochs=1000,
+                       threads=1, progress=False, out_dir="unused")
 
 
-def aspirin_batch(n: int) -> tuple[Molecules, str]:
-    """``n`` aspirin frames: real rMD17 ones if the loader finds them, else random ones."""
-    try:
-        from posenc.data import load_md17
+def time_backend(molecule: str, backend: str, arm: str, epochs: int) -> list[float]:
+    """CPU seconds of ``epochs + 1`` epochs of the trainer's backend (this process)."""
+    from posenc.data.graphs import batches
+    from posenc.encoding_defaults import distance_scale
+    from posenc.trainer import backend_class
+    from posenc.training import encoding_range, epoch_seed, load_data, output_stats, resolve
 
-        return load_md17("aspirin", n_train=n, n_val=1, download=False, progress=False)["train"], "rMD17 aspirin"
-    except (FileNotFoundError, ValueError, OSError):
-        return random_geometries([ASPIRIN_Z] * n, 0, forces=True), "random aspirin-formula geometries"
-
-
-def qm9_batch(n: int) -> Molecules:
-    rng = np.random.default_rng(1)
-    sizes = rng.integers(10, 30, size=n)
-    return random_geometries([rng.choice([1, 1, 6, 6, 7, 8], size=s) for s in sizes], 1, forces=False)
-
-
-class Cell:
-    """One backbone + encoding, ready to take training steps on one batch."""
-
-    def __init__(self, backbone: str, encoding: str, mols: Molecules) -> None:
-        name, self.lam = ("hermite", 0.1) if encoding == "hermite+smooth" else (encoding, 0.0)
-        torch.manual_seed(0)
-        self.model = make_model(backbone, encoding=name, x_max=distance_range(mols)[1], n_layers=4, hidden=64)
-        stats = output_stats(mols, 100)
-        set_output_stats(self.model, **stats)
-        self.scale = torch.as_tensor(stats["scale"], dtype=torch.float32)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.batch = collate(mols, np.arange(len(mols)), cutoff=graph_cutoff(backbone))
-        self.times: list[float] = []
-
-    def step(self) -> None:
-        """One training step, timed in CPU seconds of this process."""
+    config = resolve(cell_config(molecule, backend, arm))
+    data = load_data(config)
+    cls = backend_class(backend)
+    train = data["train"]
+    runner = cls(config, data, encoding_range(config, train), output_stats(train, cls.n_species),
+                 distance_scale(train))
+    times = []
+    for epoch in range(epochs + 1):
+        order = list(batches(train, BATCH, shuffle=True, seed=epoch_seed(0, epoch)))
         tic = time.process_time()
-        loss, _ = loss_terms(self.model, self.batch, scale=self.scale, lam=self.lam)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.times.append(time.process_time() - tic)
+        steps = runner.run_epoch(order)
+        times.append(time.process_time() - tic)
+        if not np.isfinite(steps).all():
+            raise RuntimeError(f"{molecule} {backend} {arm}: non-finite loss")
+    return times
 
 
-def time_row(backbone: str, encodings: list[str], mols: Molecules, seconds: float, rounds: int) -> dict[str, float]:
-    """Seconds per step of each encoding: the fastest of the rounds, after two warm-up rounds.
+def time_plain(molecule: str, epochs: int) -> list[float]:
+    """CPU seconds per epoch of the plain eager EGNN (raw feature) on the same frames."""
+    import torch
+    from torch import nn
 
-    The cells take turns, one step each per round, so a slow spell of the (shared) machine hits
-    all of them alike; CPU time of this process, not wall time, for the same reason.
-    """
-    cells = {}
-    for encoding in encodings:
-        try:
-            cells[encoding] = Cell(backbone, encoding, mols)
-        except (ValueError, ImportError) as err:  # an encoding this backbone does not take
-            print(f"  ({backbone}+{encoding}: {err})")
-    start, done = time.perf_counter(), 0
-    while done < rounds + 2 or time.perf_counter() - start < seconds:
-        for cell in cells.values():
-            cell.step()
-        done += 1
-    return {encoding: float(np.min(cell.times[2:])) for encoding, cell in cells.items()}
+    from posenc.data import load_md17
+    from posenc.data.graphs import batches, fully_connected_edges
+    from posenc.encoding_defaults import distance_scale
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    train = load_md17(molecule, split=1, labels="md17", n_train=N_TRAIN, n_val=50, progress=False)["train"]
+    inv_sq = 1.0 / distance_scale(train) ** 2
+    f_scale = float(np.sqrt(np.mean(train.forces**2)))
+
+    def mlp(sizes: list[int], act_last: bool = False) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for k in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[k], sizes[k + 1]))
+            if k < len(sizes) - 2 or act_last:
+                layers.append(nn.SiLU())
+        return nn.Sequential(*layers)
+
+    class PlainEGNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(100, HIDDEN)
+            self.edge = nn.ModuleList(mlp([2 * HIDDEN + 1, HIDDEN, HIDDEN], True) for _ in range(LAYERS))
+            self.node = nn.ModuleList(mlp([2 * HIDDEN, HIDDEN, HIDDEN]) for _ in range(LAYERS))
+            self.head = mlp([HIDDEN, HIDDEN, 1])
+
+        def forward(self, z, pos, edges, mol, n_mol):  # type: ignore[no-untyped-def]
+            j, i = edges
+            d2 = ((pos[i] - pos[j]) ** 2).sum(-1, keepdim=True) * inv_sq  # [E, 1]
+            h = self.embed(z)
+            for edge, node in zip(self.edge, self.node):
+                m = edge(torch.cat([h[i], h[j], d2], -1))  # [E, H]
+                h = h + node(torch.cat([h, torch.zeros_like(h).index_add(0, i, m)], -1))
+            return torch.zeros(n_mol, 1).index_add(0, mol, self.head(h))[:, 0]
+
+    torch.manual_seed(0)
+    model = PlainEGNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    times = []
+    for epoch in range(epochs + 1):
+        tic = time.process_time()
+        for idx in batches(train, BATCH, shuffle=True, seed=epoch):
+            atoms = train.atom_index(idx)
+            n_atoms = train.n_atoms[idx]
+            pos = torch.tensor(train.pos[atoms], dtype=torch.float32, requires_grad=True)
+            energy = model(torch.as_tensor(train.z[atoms]), pos, torch.as_tensor(fully_connected_edges(n_atoms)),
+                           torch.repeat_interleave(torch.arange(idx.size), torch.as_tensor(n_atoms)), idx.size)
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=True)
+            target = torch.tensor(train.forces[atoms], dtype=torch.float32)
+            loss = ((-grad - target) / f_scale).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.process_time() - tic)
+    return times
+
+
+def run_cell(molecule: str, column: str, epochs: int) -> float:
+    """The median CPU-s/epoch of one cell, measured in a fresh one-thread subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+    out = subprocess.run([sys.executable, __file__, "--cell", molecule, column, "--epochs", str(epochs)],
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"cell {molecule} {column} failed:\n{out.stderr[-3000:]}")
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(statistics.median(times[1:]))
+
+
+def table(results: dict[tuple[str, str], float], molecules: list[str]) -> str:
+    """The markdown table with targets, and what each target measured."""
+    head = ("| molecule | plain eager (reference) | "
+            + " | ".join(f"{b} {a}" for b in BACKENDS for a in ARMS) + " |")
+    lines = [head, "|" + "---|" * (2 + len(BACKENDS) * len(ARMS))]
+    for mol in molecules:
+        cells = [f"{results[mol, 'plain']:.3f}"]
+        cells += [f"{results[mol, f'{b}:{a}']:.3f}" for b in BACKENDS for a in ARMS]
+        lines.append(f"| {mol} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for mol in molecules:
+        for backend in BACKENDS:
+            herm, raw = results[mol, f"{backend}:hermite"], results[mol, f"{backend}:raw"]
+            limit = TARGET_SECONDS[mol]
+            lines.append(f"| {mol} {backend} hermite <= {limit:g} CPU-s/epoch | {herm:.3f} | "
+                         + ("yes" if herm <= limit else f"no, by {100 * (herm / limit - 1):.0f}%") + " |")
+            ratio = herm / raw
+            lines.append(f"| {mol} {backend} hermite / raw <= {TARGET_RATIO:.2f} | {ratio:.3f} | "
+                         + ("yes" if ratio <= TARGET_RATIO else f"no, by {100 * (ratio / TARGET_RATIO - 1):.0f}%")
+                         + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="time budget per backbone and batch")
-    parser.add_argument("--rounds", type=int, default=5, help="at least this many timed steps per cell")
-    parser.add_argument("--backbones", nargs="+", default=["egnn", "transformer", "dimenet"])
-    parser.add_argument("--encodings", nargs="+", default=list(ENCODINGS))
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per cell (after one warm-up epoch)")
+    parser.add_argument("--molecules", nargs="+", default=list(TARGET_SECONDS), choices=list(TARGET_SECONDS))
+    parser.add_argument("--write", action="store_true", help=f"write the table to {RESULTS.name}")
+    parser.add_argument("--cell", nargs=2, metavar=("MOLECULE", "COLUMN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    aspirin, source = aspirin_batch(16)
-    batches = {"MD17 aspirin 16x21 (E+F)": aspirin, "QM9-sized 32 mol (property)": qm9_batch(32)}
-    print(f"CPU, {args.threads} thread(s); aspirin batch: {source}; models 4 layers x 64; "
-          f"+%: over the backbone's own distance feature ({', '.join(f'{b} {e}' for b, e in BASELINE.items())})")
-    for label, mols in batches.items():
-        print(f"\n{label}")
-        print(f"{'backbone':<12}" + "".join(f"{e:>17}" for e in args.encodings))
-        for backbone in args.backbones:
-            times = time_row(backbone, args.encodings, mols, args.seconds, args.rounds)
-            base = times.get(BASELINE[backbone])
-            cells = []
-            for encoding in args.encodings:
-                if encoding not in times:
-                    cells.append("n/a")
-                    continue
-                extra = f" {100 * (times[encoding] / base - 1):+5.0f}%" if base and encoding != BASELINE[backbone] else " " * 7
-                cells.append(f"{1e3 * times[encoding]:>8.1f} ms{extra}")
-            print(f"{backbone:<12}" + "".join(f"{c:>17}" for c in cells))
+    if args.cell:  # a subprocess: time one cell, print the epoch times as JSON
+        molecule, column = args.cell
+        if column == "plain":
+            times = time_plain(molecule, args.epochs)
+        else:
+            backend, arm = column.split(":")
+            times = time_backend(molecule, backend, arm, args.epochs)
+        print(json.dumps(times))
+        return
+    columns = ["plain"] + [f"{b}:{a}" for b in BACKENDS for a in ARMS]
+    results = {}
+    for mol in args.molecules:
+        for column in columns:
+            results[mol, column] = run_cell(mol, column, args.epochs)
+            print(f"{mol:<10} {column:<22} {results[mol, column]:.3f} CPU-s/epoch", flush=True)
+    text = (f"# Training speed on CPU (one thread)\n\nWritten by `python benchmarks/bench_training.py --write` "
+            f"on {platform.processor() or platform.machine()}, Python {platform.python_version()}: EGNN "
+            f"{LAYERS}x{HIDDEN}, rMD17 split 1, {N_TRAIN} training frames, batch {BATCH}, forces by autograd; "
+            f"CPU seconds per epoch (training steps only), median of {args.epochs} epochs after a warm-up epoch. "
+            "See the script's docstring for what each column runs.\n\n" + table(results, args.molecules) + "\n")
+    print("\n" + text)
+    if args.write:
+        RESULTS.write_text(text)
+        print(f"written to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -780,6 +780,98 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
     (results_dir / "README.md").write_text("\n".join(lines))
 
 
+#: The calibration note's 12-CPU-minute test force MAE (meV/A) that the proof runs must meet.
+PROOF_TARGETS = {"proof-raw": 12.0, "proof-hermite": 14.0}
+
+
+def _engine_run(path: Path) -> dict[str, Any]:
+    """One engine or proof run: its result, metrics, CPU time and zero-prediction loss."""
+    from posenc.run_health import zero_prediction_loss
+    from posenc.training import TrainConfig, load_data, output_stats, resolve
+
+    result = json.loads((path / "result.json").read_text())
+    info_path = path / "run_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    with open(path / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    cfg = result["config"]
+    config = resolve(TrainConfig.from_dict({**cfg, "progress": False, "n_test": 1}))
+    train = load_data(config)["train"]
+    zero = zero_prediction_loss(train, output_stats(train, 100), loss=cfg["loss"], energy_weight=cfg["energy_weight"],
+                                force_weight=cfg["force_weight"])
+    left = next((int(r["epoch"]) for r in metrics if float(r["train_data"]) < 0.9 * zero), None)
+    return {"result": result, "metrics": metrics, "cpu": info.get("cpu_seconds", float("nan")), "zero": zero,
+            "left": left}
+
+
+def write_engine_report(results_dir: Path) -> bool:
+    """``results/engine.md`` (and ``engine_proof_curves.png``): the training engine's stability study
+    and proof runs, from their committed files. Returns False when there is none of them."""
+    found = {}
+    for path in sorted((results_dir / "runs").glob("*/egnn/*/seed1")):
+        arm = path.parts[-2]
+        if (arm.startswith("engine-") or arm.startswith("proof-")) and (path / "result.json").is_file():
+            found[path.parts[-4].removeprefix("md17-"), arm] = _engine_run(path)
+    if not found:
+        return False
+    lines = ["# The training engine: stability and proof", "",
+             "Written by `scripts/run_grid.py` from the runs under `runs/` (do not edit by hand). The default",
+             "recipe of `posenc.training.TrainConfig` for every run: Adam at lr 1e-3, linear warm-up over 2 epochs,",
+             "cosine to 1e-5, gradient clipping at 10, batch 16, EGNN 4x64, rMD17 split 1 (original MD17 labels),",
+             "950 training and 50 validation frames, the split's 1,000 test frames, torch backend, one thread.",
+             "'Left F = 0' is the first epoch whose mean training data loss fell below 0.9 x the zero-prediction",
+             "loss (the loss of predicting F = 0 and the per-atom energy fit; `posenc.run_health`).", "",
+             f"## Stability: every encoding, {ENGINE_EPOCHS} epochs, no tuning", "",
+             "| molecule | arm | flags | left F = 0 (epoch) | final train loss / zero-prediction loss | "
+             "test force MAE (meV/Å) | test energy MAE (meV) | CPU s |", "|---|---|---|---|---|---|---|---|"]
+    for (mol, arm), run in found.items():
+        if not arm.startswith("engine-"):
+            continue
+        res, last = run["result"], run["metrics"][-1]
+        test = res.get("test") or {}
+        lines.append(f"| {mol} | `{arm.removeprefix('engine-')}` | {'; '.join(res.get('flags', [])) or 'none'} | "
+                     f"{run['left'] or 'never'} | {float(last['train_data']) / run['zero']:.4f} | "
+                     f"{test.get('force_mae', float('nan')):.1f} | {test.get('energy_mae', float('nan')):.1f} | "
+                     f"{run['cpu']:.0f} |")
+    proofs = {key: run for key, run in found.items() if key[1].startswith("proof-")}
+    if proofs:
+        lines += ["", f"## Proof: ethanol, {PROOF_EPOCHS} epochs", "",
+                  "| arm | flags | test force MAE (meV/Å) | target (calibration note) | met | test energy MAE (meV) | "
+                  "best epoch | CPU minutes |", "|---|---|---|---|---|---|---|---|"]
+        for (mol, arm), run in proofs.items():
+            res = run["result"]
+            test = res.get("test") or {}
+            force, target = test.get("force_mae", float("nan")), PROOF_TARGETS[arm]
+            lines.append(f"| {mol} `{arm.removeprefix('proof-')}` | {'; '.join(res.get('flags', [])) or 'none'} | "
+                         f"{force:.1f} | <= {target:g} | {'yes' if force <= target else 'no'} | "
+                         f"{test.get('energy_mae', float('nan')):.1f} | {res.get('best_epoch')} | {run['cpu'] / 60:.1f} |")
+        lines += ["", "![validation force MAE against epoch](engine_proof_curves.png)"]
+        _plot_proof_curves(proofs, results_dir / "engine_proof_curves.png")
+    (results_dir / "engine.md").write_text("\n".join(lines) + "\n")
+    return True
+
+
+def _plot_proof_curves(proofs: dict[tuple[str, str], dict[str, Any]], path: Path) -> None:
+    """Validation force MAE and training loss against epoch (log scales) of the proof runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for (mol, arm), run in proofs.items():
+        epoch = [int(r["epoch"]) for r in run["metrics"]]
+        label = f"{mol} {arm.removeprefix('proof-')}"
+        axes[0].plot(epoch, [float(r["val_force_mae"]) for r in run["metrics"]], label=label)
+        axes[1].plot(epoch, [float(r["train_data"]) / run["zero"] for r in run["metrics"]], label=label)
+    for ax, ylabel in zip(axes, ("validation force MAE (meV/Å)", "training loss / zero-prediction loss")):
+        ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def aggregate(results_dir: Path, invocation: dict[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
     """Writes the summary CSVs and the README; records ``invocation`` in ``grid_invocations.json``."""
     log_path = results_dir / "grid_invocations.json"
@@ -793,6 +885,7 @@ def aggregate(results_dir: Path, invocation: dict[str, Any] | None = None) -> tu
     write_csv(results_dir / "md17_summary.csv", md17)
     write_csv(results_dir / "qm9_summary.csv", qm9)
     write_readme(results_dir, invocations, md17, qm9)
+    write_engine_report(results_dir)
     return md17, qm9
 
 

@@ -250,3 +250,28 @@ def test_a_flagged_run_is_failed_not_rerun(tmp_path):
     assert grid.run_grid(specs, tmp_path, tmp_path / "scratch", jobs=1, log=lines.append) == []
     assert any(line.startswith("FAILED") and str(spec.rel_dir) in line for line in lines)
     assert grid.collect(tmp_path) == [] and grid.flagged_runs(tmp_path) == [(str(spec.rel_dir), flags)]
+
+
+def test_engine_study_and_report(tmp_path):
+    """The engine study runs at the default recipe; engine.md tabulates it, and the proof runs
+    with their targets and learning curves."""
+    specs = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("engine-raw", "engine-hermite"), seeds=[1],
+                             budget=TINY)
+    assert all(s.config["epochs"] == grid.ENGINE_EPOCHS and "lr" not in s.config for s in specs)
+    specs = [grid.RunSpec(s.dataset, s.backbone, s.arm, s.seed, {**s.config, "epochs": 3}) for s in specs]
+    grid.run_grid(specs, tmp_path, tmp_path / "scratch", jobs=1, log=lambda line: None)
+    runs = tmp_path / "runs" / "synthetic-md17" / "egnn"
+    (runs / "proof-raw").mkdir()
+    for name in ("result.json", "metrics.csv", "run_info.json"):
+        (runs / "proof-raw" / "seed1").mkdir(exist_ok=True)
+        (runs / "proof-raw" / "seed1" / name).write_bytes((runs / "engine-raw" / "seed1" / name).read_bytes())
+    assert grid.write_engine_report(tmp_path)
+    report = (tmp_path / "engine.md").read_text()
+    rows = [line.split("|")[1:4] for line in report.splitlines() if line.startswith("| synthetic-md17 |")]
+    assert [arm.strip() for _, arm, _ in rows] == ["`hermite`", "`raw`"]
+    for (_, arm, flags), name in zip(rows, ("engine-hermite", "engine-raw")):
+        result = json.loads((runs / name / "seed1" / "result.json").read_text())
+        assert flags.strip() == ("; ".join(result["flags"]) or "none")
+    assert "| synthetic-md17 `raw` |" in report and "<= 12 |" in report
+    assert (tmp_path / "engine_proof_curves.png").stat().st_size > 10_000
+    assert not grid.write_engine_report(tmp_path / "empty")

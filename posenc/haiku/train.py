@@ -150,6 +150,8 @@ def make_loss(apply: Callable[[Params, Graph], jax.Array], scale: np.ndarray, co
         else:
             data = masked_mean((apply(params, graph) - graph["targets"]) / s, graph["mol_mask"])
         smooth = total_smoothness_loss(params)
+        if config.lam == 0:  # only reported: no gradient to compute
+            smooth = jax.lax.stop_gradient(smooth)
         return data + config.lam * smooth, (data, smooth)
 
     return loss
