@@ -26,11 +26,18 @@ def test_a_healthy_run_is_not_flagged():
     assert health.messages == [] and not health.stopped
 
 
-def test_stuck_after_three_post_warmup_epochs():
-    health = watcher()
-    flags = [health.check_epoch(k, epoch(np.full(10, 0.95))) for k in range(6)]
-    assert flags == [[], [], [], [], ["stuck"], []]  # epochs 1-2 are the warm-up; 3, 4, 5 stuck -> epoch 5
-    assert health.messages[0].startswith("stuck at epoch 5")
+def test_stuck_after_ten_post_warmup_epochs():
+    health = watcher(epochs=20)
+    flags = [health.check_epoch(k, epoch(np.full(10, 0.95))) for k in range(13)]
+    assert flags == [[]] * 11 + [["stuck"], []]  # epochs 1-2 are the warm-up; 3..12 stuck -> epoch 12
+    assert health.messages[0].startswith("stuck at epoch 12")
+
+
+def test_a_slow_start_is_not_stuck():
+    """Nine epochs at the plateau after the warm-up, then learning (raw d^2 on malonaldehyde)."""
+    health = watcher(epochs=30)
+    levels = [1.0] * 2 + [0.98] * 9 + [0.8, 0.5, 0.3]
+    assert all(health.check_epoch(k, epoch(np.full(10, level))) == [] for k, level in enumerate(levels))
 
 
 def test_stuck_resets_when_the_loss_falls():
