@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from molecule_factory import random_molecules
-from posenc.data.graphs import batches, fully_connected_edges, radius_edges
+from posenc.data.graphs import batches, fully_connected_edges, radius_edges, unordered_pairs
 from posenc.haiku.batching import collate_jax
 from posenc.torch.batching import Batch, collate
 
@@ -50,6 +50,20 @@ def test_radius_edges_reject_bad_input():
         radius_edges(pos, np.array([2, 2]), 0.0)
     with pytest.raises(ValueError, match=r"\[A, 3\]"):
         radius_edges(np.zeros((4, 2)), np.array([2, 2]), 2.0)
+
+
+@pytest.mark.parametrize("cutoff", [None, 2.0])
+def test_unordered_pairs_of_a_symmetric_graph(cutoff):
+    mols = random_molecules([4, 6, 1], seed=5)
+    edges = fully_connected_edges(mols.n_atoms) if cutoff is None else radius_edges(mols.pos, mols.n_atoms, cutoff)
+    pairs, pair_of = unordered_pairs(edges)
+    assert pairs.shape == (2, edges.shape[1] // 2) and (pairs[0] < pairs[1]).all()
+    assert as_set(pairs) == {(min(j, i), max(j, i)) for j, i in edges.T}
+    np.testing.assert_array_equal(np.sort(pairs[:, pair_of], axis=0), np.sort(edges, axis=0))
+    with pytest.raises(ValueError, match="symmetric"):
+        unordered_pairs(edges[:, 1:])
+    with pytest.raises(ValueError, match="self loop"):
+        unordered_pairs(np.array([[0, 1, 1], [1, 0, 1]]))
 
 
 def test_collate_selects_molecules_in_order():
@@ -99,6 +113,10 @@ def test_collate_jax_pads_with_masks(x64):
     np.testing.assert_array_equal(np.asarray(g["edge_index"])[:, :n_e], b.edge_index.numpy())
     np.testing.assert_array_equal(np.asarray(g["batch"]), [0] * 5 + [1] * 4 + [3] * 3)  # padding: out of range
     np.testing.assert_array_equal(np.asarray(g["forces"])[:n_a], b.forces.numpy())
+    pairs, pair_of = np.asarray(g["pairs"]), np.asarray(g["pair_of"])
+    assert pairs.shape == (2, 20) and np.asarray(g["pair_mask"]).sum() == n_e // 2
+    edges = np.asarray(g["edge_index"])[:, :n_e]
+    np.testing.assert_array_equal(np.sort(pairs[:, pair_of[:n_e]], axis=0), np.sort(edges, axis=0))
     with pytest.raises(ValueError, match="edges"):
         collate_jax(mols, [1, 2], max_atoms=12, max_edges=10)
     with pytest.raises(ValueError, match="empty selection"):

@@ -50,6 +50,11 @@ def test_matches_torch_on_converted_weights(x64, n_layers, encoding, kwargs):
     np.testing.assert_allclose(np.asarray(y)[:3], y_t.detach().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(f)[:12], f_t.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(f)[12:], 0.0)  # padding atoms feel no force
+    # without the pair arrays the model encodes every edge's distance itself: the same numbers
+    edges_only = {k: v for k, v in graph.items() if k not in ("pairs", "pair_mask", "pair_of")}
+    y_e, f_e = jax.jit(lambda p, g: energy_and_forces(forward.apply, p, g))(params, edges_only)
+    np.testing.assert_allclose(np.asarray(y_e), np.asarray(y), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(f_e), np.asarray(f), rtol=1e-10, atol=1e-10)
 
 
 def test_bad_input_raises(x64):

@@ -94,6 +94,37 @@ def radius_edges(pos: np.ndarray, n_atoms: np.ndarray, cutoff: float) -> np.ndar
     return np.stack([j[keep], i[keep]]).astype(np.int64)
 
 
+def unordered_pairs(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unordered pairs of a symmetric edge list, and the pair of each edge.
+
+    Both directions of a pair have the same distance, so a model may encode each distance once
+    and hand the result to both messages.
+
+    Args:
+      edges: ``[2, E]`` directed edges in which (j, i) is present whenever (i, j) is (every graph
+        of this module is).
+
+    Returns:
+      ``(pairs, pair_of)``: ``[2, P]`` int64 with ``pairs[0] < pairs[1]`` (``P = E / 2``) and
+      ``[E]`` int64, the pair of each edge.
+
+    Raises:
+      ValueError: the edge list is not symmetric, or has a self loop.
+    """
+    edges = np.asarray(edges, dtype=np.int64)
+    lo, hi = np.minimum(edges[0], edges[1]), np.maximum(edges[0], edges[1])
+    if (lo == hi).any():
+        raise ValueError("the edge list has a self loop")
+    keys, pair_of, counts = np.unique(lo * (int(hi.max(initial=0)) + 1) + hi, return_inverse=True, return_counts=True)
+    if (counts != 2).any():
+        raise ValueError("the edge list is not symmetric: every (j, i) needs its (i, j), once")
+    first = np.zeros(keys.size, dtype=np.int64)
+    first[pair_of] = lo
+    second = np.zeros(keys.size, dtype=np.int64)
+    second[pair_of] = hi
+    return np.stack([first, second]), pair_of.reshape(-1).astype(np.int64)
+
+
 def selection(mols: Molecules, idx: np.ndarray | list[int]) -> np.ndarray:
     """``idx`` as a checked, non-empty int64 array of molecule indices of ``mols``.
 

@@ -6,11 +6,13 @@ torch backend (``posenc.torch.batching``); this module pads it and hands it to J
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from posenc.data.graphs import fully_connected_edges, radius_edges, selection
+from posenc.data.graphs import fully_connected_edges, radius_edges, selection, unordered_pairs
 from posenc.data.molecules import Molecules
 
 __all__ = ["collate_jax"]
@@ -30,7 +32,8 @@ def collate_jax(
     Padding atoms sit at the origin with ``z = 0`` and belong to no molecule (``batch`` = M_pad,
     out of range, so ``jax.ops.segment_sum(..., num_segments=M_pad)`` drops them); padding edges
     join atom 0 to itself and are masked out. Models must mask with ``edge_mask`` before using a
-    padding edge's (zero) distance.
+    padding edge's (zero) distance. The graph's unordered pairs (both directions of a pair share
+    one distance) come with it, padded alike: a model may encode each distance once.
 
     Args:
       mols: the data set.
@@ -45,7 +48,9 @@ def collate_jax(
       dict of jnp arrays: ``z`` [A_pad] int32, ``pos`` [A_pad, 3], ``batch`` [A_pad] int32,
       ``atom_mask`` [A_pad] bool, ``edge_index`` [2, E_pad] int32, ``edge_mask`` [E_pad] bool,
       ``targets`` [M_pad, T], ``mol_mask`` [M_pad] bool, ``forces`` [A_pad, 3] (zeros if the set has
-      none). Floats take JAX's default float dtype (float64 under ``jax_enable_x64``).
+      none), ``pairs`` [2, P_pad] int32 (``P_pad = E_pad // 2``; atoms of each unordered pair),
+      ``pair_mask`` [P_pad] bool and ``pair_of`` [E_pad] int32 (the pair of each edge; 0 for
+      padding edges). Floats take JAX's default float dtype (float64 under ``jax_enable_x64``).
 
     Raises:
       ValueError: empty selection, or the selection exceeds a padded size.
@@ -56,7 +61,11 @@ def collate_jax(
     n_atoms = mols.n_atoms[idx]
     n_mol_pad = int(idx.size if max_molecules is None else max_molecules)
     pos = mols.pos[atoms]
-    edges = fully_connected_edges(n_atoms) if cutoff is None else radius_edges(pos, n_atoms, cutoff)
+    if cutoff is None:
+        edges, pairs, pair_of = _fully_connected(tuple(n_atoms.tolist()))
+    else:
+        edges = radius_edges(pos, n_atoms, cutoff)
+        pairs, pair_of = unordered_pairs(edges)
     n_a, n_e, n_m = atoms.size, edges.shape[1], idx.size
     for label, have, room in (("atoms", n_a, max_atoms), ("edges", n_e, max_edges), ("molecules", n_m, n_mol_pad)):
         if have > room:
@@ -79,4 +88,15 @@ def collate_jax(
         "targets": jnp.asarray(pad(mols.targets[idx], n_mol_pad)),
         "mol_mask": jnp.asarray(np.arange(n_mol_pad) < n_m),
         "forces": jnp.asarray(pad(forces, max_atoms)),
+        "pairs": jnp.asarray(pad(pairs.T, max_edges // 2).T, dtype=jnp.int32),
+        "pair_mask": jnp.asarray(np.arange(max_edges // 2) < pairs.shape[1]),
+        "pair_of": jnp.asarray(pad(pair_of, max_edges), dtype=jnp.int32),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _fully_connected(n_atoms: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges, pairs and pair of each edge of the fully connected graph of these sizes (cached:
+    every batch of an MD17 molecule has the same ones)."""
+    edges = fully_connected_edges(np.asarray(n_atoms, dtype=np.int64))
+    return (edges, *unordered_pairs(edges))

@@ -145,15 +145,21 @@ class EGNN(hk.Module):
         pos, edge_index, edge_mask = graph["pos"], graph["edge_index"], graph["edge_mask"]
         encodings = [self.encoding or layer.encoding for layer in self.layers]
         h = self.embedding(graph["z"], pos.dtype)  # [A, H]
+
+        def encoded(pos: jax.Array, layers: list[EGNNLayer], encs: list[hk.Module]) -> list[jax.Array]:
+            """Each layer's ``enc(d) @ encoding_weight`` per edge ``[E, H]``: one distance per pair."""
+            weights = [layer.encoding_weight(pos.dtype) for layer in layers]
+            if "pair_of" not in graph:
+                return project_all(encs, weights, edge_geometry(pos, edge_index, edge_mask)[1])
+            dist = edge_geometry(pos, graph["pairs"], graph["pair_mask"])[1]  # [P]
+            return [term[graph["pair_of"]] for term in project_all(encs, weights, dist)]  # [P, H] -> [E, H]
+
         if self.update_coords:  # each layer sees the distances its predecessor moved
             for layer, encoding in zip(self.layers, encodings):
-                (term,) = project_all([encoding], [layer.encoding_weight(pos.dtype)],
-                                      edge_geometry(pos, edge_index, edge_mask)[1])
+                (term,) = encoded(pos, [layer], [encoding])
                 h, pos = layer(h, pos, edge_index, edge_mask, term)
         else:  # fixed distances: every layer's encoding in one call
-            dist = edge_geometry(pos, edge_index, edge_mask)[1]  # [E]
-            terms = project_all(encodings, [layer.encoding_weight(pos.dtype) for layer in self.layers], dist)
-            for layer, term in zip(self.layers, terms):
+            for layer, term in zip(self.layers, encoded(pos, self.layers, encodings)):
                 h, pos = layer(h, pos, edge_index, edge_mask, term)
         n_molecules = graph["mol_mask"].shape[0]
         return self.head(h, graph["z"], graph["batch"], n_molecules)
