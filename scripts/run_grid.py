@@ -814,6 +814,9 @@ def write_engine_report(results_dir: Path) -> bool:
             found[path.parts[-4].removeprefix("md17-"), arm] = _engine_run(path)
     if not found:
         return False
+    order = {arm: k for k, arm in enumerate((*ENGINE_ARMS, *PROOF_ARMS))}
+    molecules = {mol: k for k, mol in enumerate(("ethanol", "malonaldehyde", "aspirin"))}
+    found = dict(sorted(found.items(), key=lambda kv: (molecules.get(kv[0][0], 99), kv[0][0], order[kv[0][1]])))
     lines = ["# The training engine: stability and proof", "",
              "Written by `scripts/run_grid.py` from the runs under `runs/` (do not edit by hand). The default",
              "recipe of `posenc.training.TrainConfig` for every run: Adam at lr 1e-3, linear warm-up over 2 epochs,",

@@ -268,8 +268,8 @@ def test_engine_study_and_report(tmp_path):
     assert grid.write_engine_report(tmp_path)
     report = (tmp_path / "engine.md").read_text()
     rows = [line.split("|")[1:4] for line in report.splitlines() if line.startswith("| synthetic-md17 |")]
-    assert [arm.strip() for _, arm, _ in rows] == ["`hermite`", "`raw`"]
-    for (_, arm, flags), name in zip(rows, ("engine-hermite", "engine-raw")):
+    assert [arm.strip() for _, arm, _ in rows] == ["`raw`", "`hermite`"]  # in the study's order
+    for (_, arm, flags), name in zip(rows, ("engine-raw", "engine-hermite")):
         result = json.loads((runs / name / "seed1" / "result.json").read_text())
         assert flags.strip() == ("; ".join(result["flags"]) or "none")
     assert "| synthetic-md17 `raw` |" in report and "<= 12 |" in report
