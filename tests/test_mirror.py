@@ -25,10 +25,8 @@ TORCH_ONLY_MODULES = frozenset({"_triton_kernels", "triton_kernel", "models.dime
 #: output statistics, and the setter of those statistics as buffers after construction (Haiku
 #: takes them as constructor arguments); the per-layer encodings helper of the three torch
 #: backbones (the Haiku EGNN builds each layer's encoding in that layer's scope, which fixes
-#: its parameter names); the torch EGNN's dense pair path for equal-size molecules (Haiku's
-#: padded edge lists already have static shapes, and XLA compiles their gathers).
-TORCH_ONLY_NAMES = frozenset({"set_fused_interpolate", "WithOutputStats", "set_output_stats", "layer_encodings",
-                              "PairGeometry", "pair_geometry"})
+#: its parameter names).
+TORCH_ONLY_NAMES = frozenset({"set_fused_interpolate", "WithOutputStats", "set_output_stats", "layer_encodings"})
 #: Haiku-only names: the torch -> Haiku statistics copy, the tracing test of an eager check, and
 #: the Haiku forms of a torch module (``hk.transform`` builders; statistics set in the params;
 #: ``torch.nn.Linear`` with its parameters readable before a call, and a block-wise weight

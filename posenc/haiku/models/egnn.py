@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import haiku as hk
 import jax
@@ -35,6 +35,62 @@ from posenc.haiku.models.common import (
     check_batch,
     edge_geometry,
 )
+
+
+class PairGeometry(NamedTuple):
+    """The pairs a layer sends messages over (the mirror of the torch ``PairGeometry``).
+
+    Attributes:
+      vec: ``pos_i - pos_j``: ``[E, 3]`` on the padded edge list, ``[M, n, n, 3]`` dense.
+      dist: the distances to encode, one per unordered pair: ``[P_pad]`` (the graph's ``pairs``),
+        ``[M, P]`` dense, or ``[E]`` for a graph without pairs. Padding entries hold 1 Angstrom.
+      edge_index, edge_mask: ``[2, E]``, ``[E]`` (edge list), or None (dense).
+      mask: ``[n, n, 1]`` 1 off the diagonal (dense), or None.
+      pair_of: the pair of each message: ``[E]`` (edge list with pairs), ``[n * n]`` (dense), or
+        None (one distance per edge).
+    """
+
+    vec: jax.Array
+    dist: jax.Array
+    edge_index: jax.Array | None
+    edge_mask: jax.Array | None
+    mask: jax.Array | None
+    pair_of: jax.Array | None
+
+    def to_pairs(self, per_distance: jax.Array) -> jax.Array:
+        """Rows per distance (``dist`` flattened) -> per message: ``[E, C]`` or ``[M, n, n, C]``."""
+        if self.pair_of is None:
+            return per_distance
+        if self.mask is None:
+            return per_distance[self.pair_of]
+        (m, n_pairs), n, c = self.dist.shape, self.mask.shape[0], per_distance.shape[-1]
+        if n_pairs == 0:  # lone atoms: no pair, no message
+            return jnp.zeros((m, n, n, c), per_distance.dtype)
+        return per_distance.reshape(m, n_pairs, c)[:, self.pair_of].reshape(m, n, n, c)
+
+
+def pair_geometry(pos: jax.Array, graph: Mapping[str, jax.Array]) -> PairGeometry:
+    """The :class:`PairGeometry` of positions ``[A, 3]`` on a ``collate_jax`` graph.
+
+    Dense when the graph carries ``dense_pairs`` (every molecule of the same n atoms, fully
+    connected: every MD17 batch), else the padded edge list; either way each distance is encoded
+    once when the graph lists its unordered pairs.
+    """
+    if "dense_pair_of" in graph:
+        n = math.isqrt(graph["dense_pair_of"].shape[0])
+        p = pos.reshape(-1, n, 3)  # [M, n, 3]
+        first, second = graph["dense_pairs"][0], graph["dense_pairs"][1]  # [P] each
+        diff = p[:, first] - p[:, second]  # [M, P, 3]
+        sq = jnp.where(graph["mol_mask"][:, None], jnp.sum(diff * diff, axis=-1), 1.0)  # padding molecules: 1
+        mask = (1.0 - jnp.eye(n, dtype=pos.dtype))[:, :, None]  # [n, n, 1]
+        return PairGeometry(p[:, :, None] - p[:, None], jnp.sqrt(sq), None, None, mask, graph["dense_pair_of"])
+    edge_index, edge_mask = graph["edge_index"], graph["edge_mask"]
+    vec, dist = edge_geometry(pos, edge_index, edge_mask)
+    if "pair_of" in graph:
+        dist, pair_of = edge_geometry(pos, graph["pairs"], graph["pair_mask"])[1], graph["pair_of"]
+    else:
+        pair_of = None
+    return PairGeometry(vec, dist, edge_index, edge_mask, None, pair_of)
 
 
 class EGNNLayer(hk.Module):
@@ -76,34 +132,47 @@ class EGNNLayer(hk.Module):
         w, _ = self.edge_mlp.linears[0].params(dtype)
         return w[2 * self.hidden:]
 
-    def __call__(self, h: jax.Array, pos: jax.Array, edge_index: jax.Array, edge_mask: jax.Array,
+    def __call__(self, h: jax.Array, pos: jax.Array, geometry: PairGeometry,
                  pair_term: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One message-passing step (the mirror of the torch layer on an edge list).
+        """One message-passing step (the mirror of the torch layer).
 
         Args:
           h: ``[A, H]`` atom features.
-          pos: ``[A, 3]`` positions.
-          edge_index: ``[2, E]`` (senders j, receivers i); edge_mask: ``[E]``.
-          pair_term: ``enc(d) @ encoding_weight()`` ``[E, H]`` (:func:`posenc.haiku.encodings.project_all`).
+          pos: ``[A, 3]`` positions (used only with ``update_coords``).
+          geometry: the pairs (:func:`pair_geometry` of ``pos``).
+          pair_term: ``enc(d) @ encoding_weight()`` per message, ``[E, H]`` or ``[M, n, n, H]``
+            (:meth:`PairGeometry.to_pairs` of :func:`posenc.haiku.encodings.project_all`).
 
         Returns:
           Updated ``(h [A, H], pos [A, 3])``.
         """
-        j, i = edge_index[0], edge_index[1]
         n_atoms, hid = h.shape[0], self.hidden
-        mask = edge_mask[:, None].astype(h.dtype)  # [E, 1]
         w, b = self.edge_mlp.linears[0].params(h.dtype)  # [2H + D, H], [H]
         receiver = h @ w[:hid] + b  # [A, H], the h_i part, once per atom
         sender = h @ w[hid:2 * hid]  # [A, H], the h_j part
-        pre = receiver[i] + sender[j] + pair_term  # [E, H]
-        m = jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre))) * mask  # [E, H]
-        agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
+
+        def message(pre: jax.Array) -> jax.Array:
+            return jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre)))
+
+        if geometry.mask is not None:  # dense: [M, n(i), n(j), H]
+            n = geometry.mask.shape[0]
+            m = message(receiver.reshape(-1, n, 1, hid) + sender.reshape(-1, 1, n, hid) + pair_term) * geometry.mask
+            agg = jnp.sum(m, axis=2).reshape(h.shape)  # [A, H]
+        else:
+            j, i = geometry.edge_index[0], geometry.edge_index[1]
+            edge_mask = geometry.edge_mask[:, None].astype(h.dtype)  # [E, 1]
+            m = message(receiver[i] + sender[j] + pair_term) * edge_mask  # [E, H]
+            agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
         h = h + self.node_mlp(jnp.concatenate([h, agg], axis=-1))
         if self.update_coords:
-            vec = pos[i] - pos[j]  # [E, 3]
-            deg = jnp.maximum(jax.ops.segment_sum(mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
-            step = jax.ops.segment_sum(vec * self.coord_mlp(m) * mask, i, num_segments=n_atoms)  # [A, 3]
-            pos = pos + step / deg[:, None]
+            weighted = geometry.vec * self.coord_mlp(m)  # [E, 3] or [M, n, n, 3] (diagonal: vec = 0)
+            if geometry.mask is not None:
+                step, deg = jnp.sum(weighted, axis=2).reshape(pos.shape), float(max(n - 1, 1))
+                pos = pos + step / deg
+            else:
+                deg = jnp.maximum(jax.ops.segment_sum(edge_mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
+                step = jax.ops.segment_sum(weighted * edge_mask, i, num_segments=n_atoms)  # [A, 3]
+                pos = pos + step / deg[:, None]
         return h, pos
 
 
@@ -142,25 +211,19 @@ class EGNN(hk.Module):
     def __call__(self, graph: Mapping[str, jax.Array]) -> jax.Array:
         """Per-molecule outputs ``[M_pad, T]``."""
         check_batch(graph, self.n_species)
-        pos, edge_index, edge_mask = graph["pos"], graph["edge_index"], graph["edge_mask"]
+        pos = graph["pos"]
         encodings = [self.encoding or layer.encoding for layer in self.layers]
         h = self.embedding(graph["z"], pos.dtype)  # [A, H]
-
-        def encoded(pos: jax.Array, layers: list[EGNNLayer], encs: list[hk.Module]) -> list[jax.Array]:
-            """Each layer's ``enc(d) @ encoding_weight`` per edge ``[E, H]``: one distance per pair."""
-            weights = [layer.encoding_weight(pos.dtype) for layer in layers]
-            if "pair_of" not in graph:
-                return project_all(encs, weights, edge_geometry(pos, edge_index, edge_mask)[1])
-            dist = edge_geometry(pos, graph["pairs"], graph["pair_mask"])[1]  # [P]
-            return [term[graph["pair_of"]] for term in project_all(encs, weights, dist)]  # [P, H] -> [E, H]
-
+        geometry = pair_geometry(pos, graph)
         if self.update_coords:  # each layer sees the distances its predecessor moved
             for layer, encoding in zip(self.layers, encodings):
-                (term,) = encoded(pos, [layer], [encoding])
-                h, pos = layer(h, pos, edge_index, edge_mask, term)
+                (term,) = project_all([encoding], [layer.encoding_weight(pos.dtype)], geometry.dist.reshape(-1))
+                h, pos = layer(h, pos, geometry, geometry.to_pairs(term))
+                geometry = pair_geometry(pos, graph)
         else:  # fixed distances: every layer's encoding in one call
-            for layer, term in zip(self.layers, encoded(pos, self.layers, encodings)):
-                h, pos = layer(h, pos, edge_index, edge_mask, term)
+            weights = [layer.encoding_weight(pos.dtype) for layer in self.layers]
+            for layer, term in zip(self.layers, project_all(encodings, weights, geometry.dist.reshape(-1))):
+                h, pos = layer(h, pos, geometry, geometry.to_pairs(term))
         n_molecules = graph["mol_mask"].shape[0]
         return self.head(h, graph["z"], graph["batch"], n_molecules)
 
