@@ -12,9 +12,10 @@ not included. Cells: molecule (ethanol, aspirin) x backend (torch, haiku) x arm:
   (concatenate ``[h_i, h_j, d^2]``, edge lists, ``index_add``; raw feature, plain Adam): what a
   straightforward implementation costs on the same machine.
 
-Each cell runs in a subprocess of its own, pinned to one thread (``torch.set_num_threads(1)``;
-XLA's CPU backend single-threaded), and is timed in CPU seconds of that process
-(``time.process_time``), so the numbers do not depend on what the other core does. One warm-up
+Each cell runs in a subprocess of its own, pinned to one core (``os.sched_setaffinity``; XLA's
+thread flags alone still let it spread over every core) with one torch thread, and is timed in
+CPU seconds of that process (``time.process_time``), so the numbers do not depend on what the
+other core does. One warm-up
 epoch (Haiku's compilation) is dropped; the table gives the median of ``--epochs`` timed epochs.
 
 Targets (issue 12): ethanol Hermite <= 1.0 CPU-s/epoch in each backend; Hermite <= 1.10 x raw in
@@ -147,7 +148,7 @@ def time_plain(molecule: str, epochs: int) -> list[float]:
 def run_cell(molecule: str, column: str, epochs: int) -> float:
     """The median CPU-s/epoch of one cell, measured in a fresh one-thread subprocess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
     out = subprocess.run([sys.executable, __file__, "--cell", molecule, column, "--epochs", str(epochs)],
                          env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--cell", nargs=2, metavar=("MOLECULE", "COLUMN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:  # a subprocess: time one cell, print the epoch times as JSON
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         molecule, column = args.cell
         if column == "plain":
             times = time_plain(molecule, args.epochs)
