@@ -2,8 +2,8 @@
 
 The step is the model-level loop every version of posenc has had (collate 16 frames, energy and
 forces by autograd with ``create_graph``, the force/energy loss, backward, Adam), so the same
-script profiles an old checkout and the current one. One thread, flush-to-zero on. Prints, and
-with ``--write`` appends to ``benchmarks/results/profile_training.md``:
+script profiles an old checkout and the current one. One core, one thread, flush-to-zero on.
+Prints, and with ``--write`` appends to ``benchmarks/results/profile_training.md``:
 
 * the share of the step's self CPU time by kind of operation (matrix products, the table
   interpolation and its gradients, elementwise maths, gathers/scatters, fills and copies, Adam);
@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import time
 from collections import defaultdict
@@ -122,6 +123,8 @@ def main() -> None:
     parser.add_argument("--label", default="current checkout")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):  # one core: XLA would otherwise spread over all of them
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if args.backend == "haiku":
         train = load_md17("ethanol", split=1, labels="md17", n_train=950, n_val=50, progress=False)["train"]
         _emit(profile_haiku(args, train), args.write)
