@@ -53,13 +53,16 @@ def test_stuck_in_a_short_run_needs_every_post_warmup_epoch():
     assert [fine.check_epoch(k, epoch(np.full(10, level))) for k, level in enumerate([1, 1, 0.99, 0.3])] == [[]] * 4
 
 
-def test_spike_against_the_running_median_after_warmup():
+def test_spike_against_the_running_median_of_epochs_after_warmup():
     health = watcher()
     assert health.check_epoch(0, epoch([1e6] + [1.0] * 9)) == []  # in the warm-up: not flagged
-    assert health.check_epoch(1, epoch([1.0] * 10)) == []
-    assert health.check_epoch(2, epoch([1.0] * 3 + [9.0] + [1.0] * 6)) == []  # 9 < 10 x median
-    assert health.check_epoch(3, epoch([1.0] * 4 + [11.0] + [1.0] * 5)) == ["spike"]
-    assert health.messages[-1].startswith("spike at epoch 4 (step 35)")
+    for k in (1, 2, 3):
+        assert health.check_epoch(k, epoch([1.0] * 10)) == []
+    assert health.check_epoch(4, epoch([1.0] * 3 + [30.0] + [1.0] * 6)) == []  # one bad batch: mean 3.9
+    assert health.check_epoch(5, epoch([1.0] * 4 + [12.0] * 6)) == []  # mean 7.6 < 10 x median 1
+    assert health.check_epoch(6, epoch([1.0] * 10)) == []
+    assert health.check_epoch(7, epoch([1.0] * 2 + [20.0] * 8)) == ["spike"]  # diverged: mean 16.2 > 10 x 1
+    assert health.messages[-1].startswith("spike at epoch 8: mean training loss 16.2 > 10 x the median")
 
 
 def test_non_finite_stops():
@@ -75,7 +78,7 @@ def test_state_round_trip_continues_the_window():
         a.check_epoch(k, epoch([1.0] * 10))
         b.check_epoch(k, epoch([1.0] * 10))
     b = RunHealth.from_state(b.state())
-    spike = epoch([1.0] * 5 + [50.0] + [1.0] * 4)
+    spike = epoch([1.0] * 5 + [200.0] + [1.0] * 4)
     assert a.check_epoch(3, spike) == b.check_epoch(3, spike) == ["spike"]
 
 
