@@ -73,23 +73,18 @@ def test_bad_input_raises(x64):
 
 @pytest.mark.parametrize("encoding,kwargs", [("raw", {}), ("hermite", {"update_coords": True}),
                                              ("hermite", {"share_encoding": True})])
-def test_dense_path_for_equal_size_molecules(x64, encoding, kwargs):
-    """Equal-size molecules padded with a whole padding molecule take the dense path: the torch
-    numbers, and the edge-list path's when the dense arrays are dropped."""
+def test_equal_size_molecules_with_a_padding_molecule(x64, encoding, kwargs):
+    """MD17-shaped batches (equal sizes, a whole padding molecule): the torch numbers (its dense
+    path), finite forces and a finite double backward despite the padding's zero distances."""
     mols = random_molecules([5, 5, 5], seed=3)
     model, forward = pair(2, encoding, **kwargs)
     y_t, f_t = torch_energy_and_forces(model, collate(mols, [0, 1, 2], dtype=torch.float64))
     graph = collate_jax(mols, [0, 1, 2], max_atoms=20, max_edges=80, max_molecules=4)
-    assert graph["dense_pair_of"].shape == (25,) and graph["dense_pairs"].shape == (2, 10)
     params = torch_to_haiku(model, "egnn")
     run = jax.jit(lambda p, g: energy_and_forces(forward.apply, p, g))
     y, f = run(params, graph)
     np.testing.assert_allclose(np.asarray(y)[:3], y_t.detach().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(f)[:15], f_t.numpy(), rtol=1e-6, atol=1e-6)
-    assert np.isfinite(np.asarray(f)).all()  # the padding molecule's zero distances stay harmless
-    edges_only = {k: v for k, v in graph.items() if not k.startswith("dense_")}
-    y_e, f_e = run(params, edges_only)
-    np.testing.assert_allclose(np.asarray(y_e)[:3], np.asarray(y)[:3], rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(np.asarray(f_e)[:15], np.asarray(f)[:15], rtol=1e-10, atol=1e-10)
+    assert np.isfinite(np.asarray(f)).all()
     grads = jax.grad(lambda p: jnp.sum(run(p, graph)[1][:15] ** 2))(params)  # the double backward
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

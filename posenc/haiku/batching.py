@@ -50,10 +50,7 @@ def collate_jax(
       ``targets`` [M_pad, T], ``mol_mask`` [M_pad] bool, ``forces`` [A_pad, 3] (zeros if the set has
       none), ``pairs`` [2, P_pad] int32 (``P_pad = E_pad // 2``; atoms of each unordered pair),
       ``pair_mask`` [P_pad] bool and ``pair_of`` [E_pad] int32 (the pair of each edge; 0 for
-      padding edges); when every molecule has the same n >= 2 atoms, the graph is fully
-      connected and ``max_atoms = M_pad * n``, also ``dense_pairs`` [2, n(n-1)/2] and
-      ``dense_pair_of`` [n * n] (see :func:`_dense_keys`). Floats take JAX's default float dtype
-      (float64 under ``jax_enable_x64``).
+      padding edges). Floats take JAX's default float dtype (float64 under ``jax_enable_x64``).
 
     Raises:
       ValueError: empty selection, or the selection exceeds a padded size.
@@ -94,23 +91,7 @@ def collate_jax(
         "pairs": jnp.asarray(pad(pairs.T, max_edges // 2).T, dtype=jnp.int32),
         "pair_mask": jnp.asarray(np.arange(max_edges // 2) < pairs.shape[1]),
         "pair_of": jnp.asarray(pad(pair_of, max_edges), dtype=jnp.int32),
-        **_dense_keys(n_atoms, cutoff, max_atoms, n_mol_pad),
     }
-
-
-def _dense_keys(n_atoms: np.ndarray, cutoff: float | None, max_atoms: int, n_mol_pad: int) -> dict[str, jax.Array]:
-    """``dense_pairs`` [2, P] and ``dense_pair_of`` [n * n] (int32) when the padded batch is M_pad
-    molecules of the same n >= 2 atoms, fully connected (every MD17 batch): the unordered pairs
-    of one molecule and the pair of each ordered (i, j), the diagonal pointing at pair 0. A model
-    may then work on dense ``[M_pad, n, n, ...]`` tensors. Empty otherwise."""
-    n = int(n_atoms[0])
-    if cutoff is not None or n < 2 or (n_atoms != n).any() or max_atoms != n_mol_pad * n:
-        return {}
-    first, second = np.triu_indices(n, k=1)
-    pair_of = np.zeros((n, n), dtype=np.int64)
-    pair_of[first, second] = pair_of[second, first] = np.arange(first.size)
-    return {"dense_pairs": jnp.asarray(np.stack([first, second]), dtype=jnp.int32),
-            "dense_pair_of": jnp.asarray(pair_of.reshape(-1), dtype=jnp.int32)}
 
 
 @functools.lru_cache(maxsize=64)

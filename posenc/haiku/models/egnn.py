@@ -40,57 +40,38 @@ from posenc.haiku.models.common import (
 class PairGeometry(NamedTuple):
     """The pairs a layer sends messages over (the mirror of the torch ``PairGeometry``).
 
+    Always the padded edge list here: the torch model's dense layout for equal-size molecules
+    was measured slower than this edge list under XLA (``benchmarks/results/training_cpu.md``),
+    whose gathers and segment sums compile well.
+
     Attributes:
-      vec: ``pos_i - pos_j``: ``[E, 3]`` on the padded edge list, ``[M, n, n, 3]`` dense.
-      dist: the distances to encode, one per unordered pair: ``[P_pad]`` (the graph's ``pairs``),
-        ``[M, P]`` dense, or ``[E]`` for a graph without pairs. Padding entries hold 1 Angstrom.
-      edge_index, edge_mask: ``[2, E]``, ``[E]`` (edge list), or None (dense).
-      mask: ``[n, n, 1]`` 1 off the diagonal (dense), or None.
-      pair_of: the pair of each message: ``[E]`` (edge list with pairs), ``[n * n]`` (dense), or
-        None (one distance per edge).
+      vec: ``pos_i - pos_j`` ``[E, 3]``.
+      dist: the distances to encode: one per unordered pair, ``[P_pad]`` (the graph's ``pairs``),
+        or ``[E]`` for a graph without pairs. Padding entries hold 1 Angstrom.
+      edge_index, edge_mask: ``[2, E]``, ``[E]``.
+      pair_of: ``[E]`` the pair of each edge, or None (one distance per edge).
     """
 
     vec: jax.Array
     dist: jax.Array
-    edge_index: jax.Array | None
-    edge_mask: jax.Array | None
-    mask: jax.Array | None
+    edge_index: jax.Array
+    edge_mask: jax.Array
     pair_of: jax.Array | None
 
     def to_pairs(self, per_distance: jax.Array) -> jax.Array:
-        """Rows per distance (``dist`` flattened) -> per message: ``[E, C]`` or ``[M, n, n, C]``."""
-        if self.pair_of is None:
-            return per_distance
-        if self.mask is None:
-            return per_distance[self.pair_of]
-        (m, n_pairs), n, c = self.dist.shape, self.mask.shape[0], per_distance.shape[-1]
-        if n_pairs == 0:  # lone atoms: no pair, no message
-            return jnp.zeros((m, n, n, c), per_distance.dtype)
-        return per_distance.reshape(m, n_pairs, c)[:, self.pair_of].reshape(m, n, n, c)
+        """Rows per distance ``[len(dist), C]`` -> per edge ``[E, C]``."""
+        return per_distance if self.pair_of is None else per_distance[self.pair_of]
 
 
 def pair_geometry(pos: jax.Array, graph: Mapping[str, jax.Array]) -> PairGeometry:
-    """The :class:`PairGeometry` of positions ``[A, 3]`` on a ``collate_jax`` graph.
-
-    Dense when the graph carries ``dense_pairs`` (every molecule of the same n atoms, fully
-    connected: every MD17 batch), else the padded edge list; either way each distance is encoded
-    once when the graph lists its unordered pairs.
-    """
-    if "dense_pair_of" in graph:
-        n = math.isqrt(graph["dense_pair_of"].shape[0])
-        p = pos.reshape(-1, n, 3)  # [M, n, 3]
-        first, second = graph["dense_pairs"][0], graph["dense_pairs"][1]  # [P] each
-        diff = p[:, first] - p[:, second]  # [M, P, 3]
-        sq = jnp.where(graph["mol_mask"][:, None], jnp.sum(diff * diff, axis=-1), 1.0)  # padding molecules: 1
-        mask = (1.0 - jnp.eye(n, dtype=pos.dtype))[:, :, None]  # [n, n, 1]
-        return PairGeometry(p[:, :, None] - p[:, None], jnp.sqrt(sq), None, None, mask, graph["dense_pair_of"])
+    """The :class:`PairGeometry` of positions ``[A, 3]`` on a ``collate_jax`` graph: each distance
+    encoded once when the graph lists its unordered pairs (``collate_jax`` does)."""
     edge_index, edge_mask = graph["edge_index"], graph["edge_mask"]
     vec, dist = edge_geometry(pos, edge_index, edge_mask)
-    if "pair_of" in graph:
-        dist, pair_of = edge_geometry(pos, graph["pairs"], graph["pair_mask"])[1], graph["pair_of"]
-    else:
-        pair_of = None
-    return PairGeometry(vec, dist, edge_index, edge_mask, None, pair_of)
+    if "pair_of" not in graph:
+        return PairGeometry(vec, dist, edge_index, edge_mask, None)
+    dist = edge_geometry(pos, graph["pairs"], graph["pair_mask"])[1]  # [P_pad]
+    return PairGeometry(vec, dist, edge_index, edge_mask, graph["pair_of"])
 
 
 class EGNNLayer(hk.Module):
@@ -140,7 +121,7 @@ class EGNNLayer(hk.Module):
           h: ``[A, H]`` atom features.
           pos: ``[A, 3]`` positions (used only with ``update_coords``).
           geometry: the pairs (:func:`pair_geometry` of ``pos``).
-          pair_term: ``enc(d) @ encoding_weight()`` per message, ``[E, H]`` or ``[M, n, n, H]``
+          pair_term: ``enc(d) @ encoding_weight()`` per edge ``[E, H]``
             (:meth:`PairGeometry.to_pairs` of :func:`posenc.haiku.encodings.project_all`).
 
         Returns:
@@ -154,25 +135,15 @@ class EGNNLayer(hk.Module):
         def message(pre: jax.Array) -> jax.Array:
             return jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre)))
 
-        if geometry.mask is not None:  # dense: [M, n(i), n(j), H]
-            n = geometry.mask.shape[0]
-            m = message(receiver.reshape(-1, n, 1, hid) + sender.reshape(-1, 1, n, hid) + pair_term) * geometry.mask
-            agg = jnp.sum(m, axis=2).reshape(h.shape)  # [A, H]
-        else:
-            j, i = geometry.edge_index[0], geometry.edge_index[1]
-            edge_mask = geometry.edge_mask[:, None].astype(h.dtype)  # [E, 1]
-            m = message(receiver[i] + sender[j] + pair_term) * edge_mask  # [E, H]
-            agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
+        j, i = geometry.edge_index[0], geometry.edge_index[1]
+        edge_mask = geometry.edge_mask[:, None].astype(h.dtype)  # [E, 1]
+        m = message(receiver[i] + sender[j] + pair_term) * edge_mask  # [E, H]
+        agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
         h = h + self.node_mlp(jnp.concatenate([h, agg], axis=-1))
         if self.update_coords:
-            weighted = geometry.vec * self.coord_mlp(m)  # [E, 3] or [M, n, n, 3] (diagonal: vec = 0)
-            if geometry.mask is not None:
-                step, deg = jnp.sum(weighted, axis=2).reshape(pos.shape), float(max(n - 1, 1))
-                pos = pos + step / deg
-            else:
-                deg = jnp.maximum(jax.ops.segment_sum(edge_mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
-                step = jax.ops.segment_sum(weighted * edge_mask, i, num_segments=n_atoms)  # [A, 3]
-                pos = pos + step / deg[:, None]
+            deg = jnp.maximum(jax.ops.segment_sum(edge_mask[:, 0], i, num_segments=n_atoms), 1.0)  # [A]
+            step = jax.ops.segment_sum(geometry.vec * self.coord_mlp(m) * edge_mask, i, num_segments=n_atoms)
+            pos = pos + step / deg[:, None]  # [A, 3]
         return h, pos
 
 
