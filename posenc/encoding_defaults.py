@@ -11,6 +11,8 @@ gaussian   50 Gaussians on ``[0, x_max]`` (SchNet-style width: gamma = 0.1 / spa
 bessel     16 radial Bessel functions with DimeNet's envelope, cutoff ``x_max``
 linear     64 bins x 32 dims on ``[0, x_max]``, sinusoidal init, linear extension outside
 hermite    64 bins x 32 dims on ``[0, x_max]``, sinusoidal init, linear extension outside
+bspline    64 bins x 32 dims on ``[0, x_max]``, sinusoidal init, linear extension outside (C2)
+hermite5   64 bins x 32 dims on ``[0, x_max]``, sinusoidal init, linear extension outside
 =========  ==================================================================================
 
 The range: the graphs are fully connected inside a molecule, so the encoding must cover the
@@ -19,7 +21,7 @@ longest distance in the training set, adds a 0.5 Angstrom margin and rounds up t
 (measured: rMD17 training frames, ethanol 4.3 -> 5.0, aspirin 8.6 -> 9.5, azobenzene
 11.6 -> 12.5; QM9's 100,000 training molecules of the EGNN split, 12.0 -> 13.0). The range is
 saved with each run (``result.json``, ``encoding_tables.npz``). ``out_of_range="extrapolate"`` keeps
-the table encodings C1 and finite for the rare longer distance of a test molecule, instead of
+the table encodings C1 (the B-spline C2) and finite for the rare longer distance of a test molecule, instead of
 stopping an evaluation.
 """
 
@@ -31,6 +33,11 @@ from typing import Any
 import numpy as np
 
 from posenc.data.molecules import Molecules
+from posenc.spline import TABLE_FORMS
+
+#: The learned-table encodings (``posenc.spline.TABLE_FORMS``): the ones with ``n_bin`` and
+#: ``init``, a smoothness loss, and tables that ``freeze_tables`` / ``table_lr_scale`` act on.
+TABLE_ENCODINGS: tuple[str, ...] = tuple(TABLE_FORMS)
 
 DISTANCE_ENCODING_DEFAULTS: dict[str, dict[str, Any]] = {
     "raw": {"power": 2, "scale": 1.0},
@@ -39,6 +46,8 @@ DISTANCE_ENCODING_DEFAULTS: dict[str, dict[str, Any]] = {
     "bessel": {"n_basis": 16},
     "linear": {"n_bin": 64, "dim": 32, "x_min": 0.0, "init": "sinusoidal", "out_of_range": "extrapolate"},
     "hermite": {"n_bin": 64, "dim": 32, "x_min": 0.0, "init": "sinusoidal", "out_of_range": "extrapolate"},
+    "bspline": {"n_bin": 64, "dim": 32, "x_min": 0.0, "init": "sinusoidal", "out_of_range": "extrapolate"},
+    "hermite5": {"n_bin": 64, "dim": 32, "x_min": 0.0, "init": "sinusoidal", "out_of_range": "extrapolate"},
 }
 
 #: Margin (Angstrom) added to the longest training distance by :func:`distance_range`.
@@ -49,7 +58,7 @@ def distance_encoding_kwargs(name: str, x_max: float, overrides: dict[str, Any] 
     """The keyword arguments of encoding ``name`` for distances up to ``x_max`` Angstrom.
 
     Args:
-      name: one of ``raw | mlp | gaussian | bessel | linear | hermite``.
+      name: one of ``raw | mlp | gaussian | bessel | linear | hermite | bspline | hermite5``.
       x_max: upper end of the range (table encodings, Gaussians) or the Bessel cutoff.
       overrides: entries that replace the defaults (e.g. ``{"n_bin": 32, "init": "normal"}``).
 
@@ -61,7 +70,7 @@ def distance_encoding_kwargs(name: str, x_max: float, overrides: dict[str, Any] 
     if not x_max > 0:
         raise ValueError(f"x_max must be > 0, got {x_max}")
     kwargs = dict(DISTANCE_ENCODING_DEFAULTS[name])
-    if name in ("gaussian", "linear", "hermite"):
+    if name == "gaussian" or name in TABLE_ENCODINGS:
         kwargs["x_max"] = float(x_max)
     elif name == "bessel":
         kwargs["cutoff"] = float(x_max)

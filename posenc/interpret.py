@@ -2,12 +2,14 @@
 
 Everything here is numpy and backend-agnostic. An *encoding* is given as one of
 
-* :class:`Tables` ``(values, slopes, x_min, x_max)`` (``slopes=None`` for linear interpolation),
-  or a plain 4-tuple in that order, or a dict with those four keys;
+* :class:`Tables` ``(values, slopes, x_min, x_max)`` (``slopes=None`` for linear interpolation;
+  the optional ``curvatures`` and ``form`` name the C2 forms), or a plain 4-tuple in that order,
+  or a dict with those keys;
 * a torch encoding module (``posenc.torch.HermiteEncoding`` and friends, any ``nn.Module`` that
   maps ``x[P] -> [P, dim]``);
 * Haiku parameters, turned into :class:`Tables` by :func:`tables_from_haiku` (a params entry
-  ``{"values", "slopes"}`` is just the tables; the grid ``x_min, x_max`` comes from the caller);
+  ``{"values", "slopes"}`` is just the tables; the grid ``x_min, x_max`` and, for a B-spline,
+  the form come from the caller);
 * a results file, read by :func:`load_tables` (the learned tables, the initial ones, or
   the change training made to them).
 
@@ -45,7 +47,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
-from posenc.spline import check_grid, interpolate_reference
+from posenc.spline import TABLE_FORMS, check_form, check_grid, interpolate_reference
 
 CONSTANT_RTOL = 1e-9
 METRICS: tuple[str, ...] = ("non_linearity", "non_monotonicity", "diversity", "smoothness")
@@ -58,18 +60,25 @@ class Tables(NamedTuple):
       values: ``[n_bin, dim]`` values h_i at the centres.
       slopes: ``[n_bin, dim]`` slopes g_i = dh/dx at the centres, or None (linear interpolation).
       x_min, x_max: the range covered by the ``n_bin`` evenly spaced centres (unit of x).
+      curvatures: ``[n_bin, dim]`` second derivatives at the centres (quintic Hermite), or None.
+      form: the table form (``posenc.spline.TABLE_FORMS``); None infers ``linear``, ``hermite``
+        or ``hermite5`` from the tables present. ``"bspline"`` must be named: its ``values``
+        are control values, which alone look like a linear table.
     """
 
     values: np.ndarray
     slopes: np.ndarray | None
     x_min: float
     x_max: float
+    curvatures: np.ndarray | None = None
+    form: str | None = None
 
 
 # --- getting tables out of every backend ------------------------------------------------------
 
 
-def _check_table(values: Any, slopes: Any, x_min: Any, x_max: Any) -> Tables:
+def _check_table(values: Any, slopes: Any, x_min: Any, x_max: Any, curvatures: Any = None,
+                 form: str | None = None) -> Tables:
     """Validates and converts one table to float64 numpy."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -77,14 +86,24 @@ def _check_table(values: Any, slopes: Any, x_min: Any, x_max: Any) -> Tables:
     check_grid(v.shape[0], float(x_min), float(x_max))
     if not np.all(np.isfinite(v)):
         raise ValueError("values contain NaN or inf")
-    s = None
-    if slopes is not None:
-        s = np.asarray(slopes, dtype=np.float64)
-        if s.shape != v.shape:
-            raise ValueError(f"slopes shape {s.shape} differs from values shape {v.shape}")
-        if not np.all(np.isfinite(s)):
-            raise ValueError("slopes contain NaN or inf")
-    return Tables(v, s, float(x_min), float(x_max))
+    extra = {}
+    for name, table in (("slopes", slopes), ("curvatures", curvatures)):
+        extra[name] = None
+        if table is not None:
+            t = np.asarray(table, dtype=np.float64)
+            if t.shape != v.shape:
+                raise ValueError(f"{name} shape {t.shape} differs from values shape {v.shape}")
+            if not np.all(np.isfinite(t)):
+                raise ValueError(f"{name} contain NaN or inf")
+            extra[name] = t
+    if form is not None:
+        check_form(form)
+        given = {"values", *(k for k, t in extra.items() if t is not None)}
+        if given != set(TABLE_FORMS[form]):
+            raise ValueError(f"a {form} table has {TABLE_FORMS[form]}, got {sorted(given)}")
+    elif extra["curvatures"] is not None and extra["slopes"] is None:
+        raise ValueError("curvatures without slopes: a quintic Hermite table needs both")
+    return Tables(v, extra["slopes"], float(x_min), float(x_max), extra["curvatures"], form)
 
 
 def tables_from_torch(module: Any) -> list[Tables]:
@@ -99,19 +118,20 @@ def tables_from_torch(module: Any) -> list[Tables]:
     Raises:
       ValueError: the module holds no table encoding.
     """
-    from posenc.torch.encodings import HermiteEncoding, TableEncoding
+    from posenc.torch.encodings import TableEncoding
 
     out = []
     for m in module.modules():
         if isinstance(m, TableEncoding):
-            slopes = m.slopes.detach().cpu().numpy() if isinstance(m, HermiteEncoding) else None
-            out.append(_check_table(m.values.detach().cpu().numpy(), slopes, m.x_min, m.x_max))
+            tables = {name: getattr(m, name, None) for name in ("values", "slopes", "curvatures")}
+            v, s, c = (None if t is None else t.detach().cpu().numpy() for t in tables.values())
+            out.append(_check_table(v, s, m.x_min, m.x_max, c, m.form))
     if not out:
-        raise ValueError(f"{type(module).__name__} holds no table encoding (Hermite or linear)")
+        raise ValueError(f"{type(module).__name__} holds no table encoding")
     return out
 
 
-def tables_from_haiku(params: Mapping[str, Any], x_min: float, x_max: float) -> list[Tables]:
+def tables_from_haiku(params: Mapping[str, Any], x_min: float, x_max: float, form: str | None = None) -> list[Tables]:
     """Tables from Haiku parameters: one params entry, or a whole params tree.
 
     Haiku parameters do not record the grid, so the caller passes it (the ``x_min, x_max`` the
@@ -121,14 +141,17 @@ def tables_from_haiku(params: Mapping[str, Any], x_min: float, x_max: float) -> 
       params: either one module's entry ``{"values": [n_bin, dim], "slopes": [n_bin, dim]}``
         (``slopes`` absent for a linear encoding), or a params tree ``{module_name: entry}``;
         every entry holding ``"values"`` counts, in the tree's order.
+        (``curvatures`` too for a quintic Hermite encoding).
       x_min, x_max: the encoding range.
+      form: the table form of every entry (``posenc.spline.TABLE_FORMS``); None infers it from
+        the tables present, so a B-spline's ``{"values"}`` needs ``form="bspline"``.
 
     Returns:
       A list of :class:`Tables` (one item for a single entry).
     """
     if "values" in params:
-        return [_check_table(params["values"], params.get("slopes"), x_min, x_max)]
-    out = [_check_table(p["values"], p.get("slopes"), x_min, x_max)
+        return [_check_table(params["values"], params.get("slopes"), x_min, x_max, params.get("curvatures"), form)]
+    out = [_check_table(p["values"], p.get("slopes"), x_min, x_max, p.get("curvatures"), form)
            for p in params.values() if isinstance(p, Mapping) and "values" in p]
     if not out:
         raise ValueError("no params entry holds 'values': not a table encoding's parameters")
@@ -226,7 +249,8 @@ def as_tables(encoding: Any) -> list[Tables]:
     if isinstance(encoding, tuple) and len(encoding) == 4:
         return [_check_table(*encoding)]
     if isinstance(encoding, Mapping) and {"values", "x_min", "x_max"} <= set(encoding):
-        return [_check_table(encoding["values"], encoding.get("slopes"), encoding["x_min"], encoding["x_max"])]
+        return [_check_table(encoding["values"], encoding.get("slopes"), encoding["x_min"], encoding["x_max"],
+                             encoding.get("curvatures"), encoding.get("form"))]
     if _is_torch_module(encoding):
         return tables_from_torch(encoding)
     raise TypeError(
@@ -289,7 +313,8 @@ def _sample_one(encoding: Any, x: np.ndarray, order: int) -> list[np.ndarray]:
     # Encodings expose .dim; a model without it is read through the table encodings inside it.
     if _is_torch_module(encoding) and hasattr(encoding, "dim"):
         return [_sample_torch(encoding, x, order)]
-    return [interpolate_reference(x, t.values, t.slopes, t.x_min, t.x_max, order) for t in as_tables(encoding)]
+    return [interpolate_reference(x, t.values, t.slopes, t.x_min, t.x_max, order, curvatures=t.curvatures, form=t.form)
+            for t in as_tables(encoding)]
 
 
 def sample(encoding_or_tables: Any, x_grid: Any, order: int = 0) -> np.ndarray:

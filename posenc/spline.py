@@ -17,12 +17,30 @@ Convention (documented once, used everywhere):
 * Each basis is a polynomial in ``t``; derivatives of order k w.r.t. x are the k-th t-derivative
   divided by ``delta**k``. The interval index is ``floor((x - x_min) / delta)`` clipped to
   ``[0, n_bin - 2]``, so ``x == x_max`` falls in the last interval with ``t = 1``.
+
+Every table *form* (:data:`TABLE_FORMS`) is the same computation: stack the learned tables into
+rows (:func:`stacked_rows`), and on interval i weight rows ``i + offset_b``
+(:func:`row_offsets`) by the basis polynomials of :data:`POWER_COEFFS`:
+
+* ``linear`` (C0): ``[h_i, h_{i+1}]``.
+* ``hermite`` (C1, the paper's): ``[h_i, h_{i+1}, delta g_i, delta g_{i+1}]``.
+* ``hermite5`` (C2): quintic Hermite, ``[h_i, h_{i+1}, delta g_i, delta g_{i+1}, delta^2 k_i,
+  delta^2 k_{i+1}]`` with curvatures ``k_i = d^2h/dx^2 (c_i)``; exact value, slope and curvature
+  at every centre.
+* ``bspline`` (C2): the uniform cubic B-spline whose knots are the centres and whose ``n_bin``
+  control values ``P_j`` sit at the centres. Interval i needs ``P_{i-1} .. P_{i+2}``, so the
+  stacked table adds one ghost row at each end, ``P_{-1} = 2 P_0 - P_1`` and
+  ``P_n = 2 P_{n-1} - P_{n-2}`` (:func:`bspline_padded`): linear in the parameters, and the
+  natural end condition: h(x_min) = P_0, h(x_max) = P_{n-1} and h'' = 0 at both ends, so the
+  linear extension beyond the range keeps the curve C2 there. Inside, h(c_i) =
+  (P_{i-1} + 4 P_i + P_{i+1}) / 6, not P_i: :func:`bspline_interpolation_matrix` maps values
+  wanted at the centres to the control values that give them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -46,6 +64,96 @@ LINEAR_POWER_COEFFS = np.array(
         [0.0, 1.0],  # t
     ]
 )
+
+
+# Uniform cubic B-spline on [c_i, c_{i+1}]: rows [P_{i-1}, P_i, P_{i+1}, P_{i+2}] (control values).
+BSPLINE_POWER_COEFFS = np.array(
+    [
+        [1.0, -3.0, 3.0, -1.0],  # (1 - t)^3 / 6
+        [4.0, 0.0, -6.0, 3.0],  # (3t^3 - 6t^2 + 4) / 6
+        [1.0, 3.0, 3.0, -3.0],  # (-3t^3 + 3t^2 + 3t + 1) / 6
+        [0.0, 0.0, 0.0, 1.0],  # t^3 / 6
+    ]
+) / 6.0
+# Quintic Hermite: rows [h_i, h_{i+1}, delta*g_i, delta*g_{i+1}, delta^2*k_i, delta^2*k_{i+1}].
+QUINTIC_HERMITE_POWER_COEFFS = np.array(
+    [
+        [1.0, 0.0, 0.0, -10.0, 15.0, -6.0],  # value at 0
+        [0.0, 0.0, 0.0, 10.0, -15.0, 6.0],  # value at 1
+        [0.0, 1.0, 0.0, -6.0, 8.0, -3.0],  # slope at 0
+        [0.0, 0.0, 0.0, -4.0, 7.0, -3.0],  # slope at 1
+        [0.0, 0.0, 0.5, -1.5, 1.5, -0.5],  # curvature at 0
+        [0.0, 0.0, 0.0, 0.5, -1.0, 0.5],  # curvature at 1
+    ]
+)
+
+#: The learned ``[n_bin, dim]`` tables of each table form, in stacking order (see module docs).
+TABLE_FORMS: dict[str, tuple[str, ...]] = {
+    "linear": ("values",),
+    "hermite": ("values", "slopes"),
+    "bspline": ("values",),
+    "hermite5": ("values", "slopes", "curvatures"),
+}
+#: The power-basis coefficients ``[B, P]`` of each table form.
+POWER_COEFFS: dict[str, np.ndarray] = {
+    "linear": LINEAR_POWER_COEFFS,
+    "hermite": HERMITE_POWER_COEFFS,
+    "bspline": BSPLINE_POWER_COEFFS,
+    "hermite5": QUINTIC_HERMITE_POWER_COEFFS,
+}
+
+
+def check_form(form: str) -> None:
+    """Raises ValueError unless ``form`` is one of :data:`TABLE_FORMS`."""
+    if form not in TABLE_FORMS:
+        raise ValueError(f"table form must be one of {tuple(TABLE_FORMS)}, got {form!r}")
+
+
+def row_offsets(form: str, n_bin: int) -> tuple[int, ...]:
+    """The B row offsets of ``form``'s stacked table: interval i reads rows ``i + offsets``."""
+    check_form(form)
+    if form == "bspline":
+        return (0, 1, 2, 3)  # P_{i-1} .. P_{i+2}: row j of the padded table is P_{j-1}
+    # one pair (row i, row i + 1) per table, each table a block of n_bin rows
+    return tuple(k * n_bin + j for k in range(len(TABLE_FORMS[form])) for j in (0, 1))
+
+
+def bspline_padded(values: Any, concatenate: Callable[..., Any]) -> Any:
+    """``[n_bin + 2, D]``: the control values ``[n_bin, D]`` between their two ghost rows.
+
+    Written once for every array library: ``concatenate`` is ``np.concatenate``,
+    ``jnp.concatenate`` or ``torch.cat`` (each takes the axis as second argument).
+    """
+    return concatenate([2 * values[:1] - values[1:2], values, 2 * values[-1:] - values[-2:-1]], 0)
+
+
+def bspline_interpolation_matrix(n_bin: int) -> np.ndarray:
+    """``[n_bin, n_bin]`` M such that control values ``M @ v`` give a B-spline with h(c_i) = v_i.
+
+    With the ghost rows of :func:`bspline_padded` the curve at the centres is ``A @ P`` with A
+    tridiagonal ``(1, 4, 1) / 6`` inside and identity rows at both ends; ``M = A^{-1}`` (A is
+    strictly diagonally dominant, so always invertible and well conditioned: ``||M|| <= 3``).
+    """
+    check_grid(n_bin, 0.0, 1.0)
+    a = np.eye(n_bin)
+    inner = np.arange(1, n_bin - 1)
+    a[inner, inner] = 4.0 / 6.0
+    a[inner, inner - 1] = a[inner, inner + 1] = 1.0 / 6.0
+    return np.linalg.inv(a)
+
+
+def stacked_rows(form: str, delta: float, tables: dict[str, np.ndarray]) -> np.ndarray:
+    """The stacked ``[R, D]`` numpy table of ``form`` from its ``[n_bin, D]`` tables (float64).
+
+    Table k of :data:`TABLE_FORMS` (values, slopes, curvatures) is a physical k-th derivative, so
+    it is scaled by ``delta**k`` into t-units.
+    """
+    check_form(form)
+    missing = [k for k in TABLE_FORMS[form] if tables.get(k) is None]
+    if missing:
+        raise ValueError(f"the {form} form needs tables {TABLE_FORMS[form]}; missing {missing}")
+    blocks = [delta**k * np.asarray(tables[name], dtype=np.float64) for k, name in enumerate(TABLE_FORMS[form])]
+    return bspline_padded(blocks[0], np.concatenate) if form == "bspline" else np.concatenate(blocks, 0)
 
 
 def derivative_coeffs(coeffs: np.ndarray, order: int) -> np.ndarray:
@@ -133,6 +241,9 @@ def interpolate_reference(
     x_min: float,
     x_max: float,
     order: int = 0,
+    *,
+    curvatures: np.ndarray | None = None,
+    form: str | None = None,
 ) -> np.ndarray:
     """Direct numpy evaluation of the k-th x-derivative of the interpolant (inside the range).
 
@@ -140,30 +251,31 @@ def interpolate_reference(
 
     Args:
       x: ``[...]`` positions, all within ``[x_min, x_max]``.
-      values: ``[n_bin, dim]`` values at the centres.
-      slopes: ``[n_bin, dim]`` dh/dx at the centres (Hermite) or None (linear interpolation).
+      values: ``[n_bin, dim]`` values at the centres (control values for ``form="bspline"``).
+      slopes: ``[n_bin, dim]`` dh/dx at the centres (Hermite forms) or None.
       x_min, x_max: the range covered by the centres.
       order: derivative order w.r.t. x.
+      curvatures: ``[n_bin, dim]`` d^2h/dx^2 at the centres (``form="hermite5"``) or None.
+      form: one of :data:`TABLE_FORMS`; None infers it from the tables given: ``linear``
+        without slopes, ``hermite5`` with curvatures, ``hermite`` otherwise.
 
     Returns:
       ``[..., dim]`` array (float64).
     """
+    if form is None:
+        form = "linear" if slopes is None else "hermite" if curvatures is None else "hermite5"
     values = np.asarray(values, dtype=np.float64)
     n_bin = values.shape[0]
     delta = check_grid(n_bin, x_min, x_max)
     x = np.asarray(x, dtype=np.float64)
     if np.any(x < x_min) or np.any(x > x_max):
         raise ValueError(out_of_range_message(x.min(), x.max(), x_min, x_max))
+    table = stacked_rows(form, delta, {"values": values, "slopes": slopes, "curvatures": curvatures})
     u = (x - x_min) / delta
     i = np.clip(np.floor(u).astype(np.int64), 0, n_bin - 2)
     t = u - i
-    if slopes is None:
-        coeffs, rows = LINEAR_POWER_COEFFS, [values[i], values[i + 1]]
-    else:
-        slopes = np.asarray(slopes, dtype=np.float64)
-        coeffs = HERMITE_POWER_COEFFS
-        rows = [values[i], values[i + 1], delta * slopes[i], delta * slopes[i + 1]]
+    coeffs = POWER_COEFFS[form]
     d = derivative_coeffs(coeffs, order)
     powers = np.stack([t**p for p in range(coeffs.shape[1])], axis=-1)  # [..., P]
     w = powers @ d.T / delta**order  # [..., B]
-    return sum(w[..., b, None] * rows[b] for b in range(len(rows)))
+    return sum(w[..., b, None] * table[i + o] for b, o in enumerate(row_offsets(form, n_bin)))

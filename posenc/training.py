@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from posenc.data.molecules import Molecules
-from posenc.encoding_defaults import SCALED_ENCODINGS, distance_encoding_kwargs, distance_range
+from posenc.encoding_defaults import SCALED_ENCODINGS, TABLE_ENCODINGS, distance_encoding_kwargs, distance_range
 
 TASKS = ("md17", "qm9", "synthetic")
 SCHEDULES = ("cosine", "plateau", "none")
@@ -51,7 +51,7 @@ class TrainConfig:
         units, for tests and offline demos).
       backbone: ``egnn | transformer | dimenet``.
       backend: ``torch``, or ``haiku`` (EGNN only).
-      encoding: distance encoding ``raw | mlp | gaussian | bessel | linear | hermite``.
+      encoding: distance encoding ``raw | mlp | gaussian | bessel | linear | hermite | bspline | hermite5``.
       n_bin: bins of a table encoding (None: the default, 64).
       dim: output size of the encoding (tables, mlp, gaussian, bessel; None: the default).
       x_min, x_max: the encoded range, Angstrom (None: 0 and the longest training distance plus
@@ -189,8 +189,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (out.lr > 0, f"lr must be > 0, got {out.lr}"),
         (out.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {out.warmup_epochs}"),
         (out.table_lr_scale > 0, f"table_lr_scale must be > 0 (freeze_tables=True stops the tables), got {out.table_lr_scale}"),
-        (not (out.freeze_tables or out.table_lr_scale != 1.0) or out.encoding in ("hermite", "linear"),
-         f"freeze_tables / table_lr_scale need a table encoding (hermite, linear), not {out.encoding!r}"),
+        (not (out.freeze_tables or out.table_lr_scale != 1.0) or out.encoding in TABLE_ENCODINGS,
+         f"freeze_tables / table_lr_scale need a table encoding {TABLE_ENCODINGS}, not {out.encoding!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,7 +279,7 @@ def encoding_overrides(config: TrainConfig, distance_scale: float | None = None)
     """
     name = config.encoding
     out: dict[str, Any] = {}
-    if name in ("hermite", "linear"):
+    if name in TABLE_ENCODINGS:
         out.update({k: getattr(config, k) for k in ("n_bin", "dim", "x_min", "init") if getattr(config, k) is not None})
     elif name == "gaussian":
         out.update({k: v for k, v in (("n_centres", config.dim), ("x_min", config.x_min)) if v is not None})

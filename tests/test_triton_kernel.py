@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (optional extra: pip install 'posenc[triton]')")
 
-from posenc.spline import HERMITE_POWER_COEFFS, LINEAR_POWER_COEFFS  # noqa: E402
+from posenc.spline import HERMITE_POWER_COEFFS, LINEAR_POWER_COEFFS, POWER_COEFFS, row_offsets  # noqa: E402
 from posenc.torch import _triton_kernels as kernels  # noqa: E402
 from posenc.torch import spline as ref  # noqa: E402
 from posenc.torch import triton_kernel as tk  # noqa: E402
@@ -145,9 +145,9 @@ def _case(kind: str, n_bin: int, dim: int, n: int, dtype: torch.dtype, salt: int
     gen = torch.Generator().manual_seed(SEED + salt)
     x_min, x_max = -0.7, 2.3
     delta = (x_max - x_min) / (n_bin - 1)
-    coeffs_all = HERMITE if kind == "hermite" else LINEAR
-    offsets = torch.tensor([0, 1, n_bin, n_bin + 1] if kind == "hermite" else [0, 1])
-    n_rows = 2 * n_bin if kind == "hermite" else n_bin
+    coeffs_all = ref.all_derivative_coeffs(POWER_COEFFS[kind])  # kind: a table form of posenc.spline
+    offsets = torch.tensor(row_offsets(kind, n_bin))
+    n_rows = int(offsets.max()) + n_bin - 1  # the last interval, n_bin - 2, reads row n_bin - 2 + max offset
     table = torch.randn(n_rows, dim, generator=gen, dtype=torch.float64).to(dtype)
     if one_bin:  # all in the interval after centre 1, with repeats
         x = x_min + delta * (1 + torch.rand(n, generator=gen, dtype=torch.float64))
@@ -215,7 +215,7 @@ def _compare_all_levels(kind, dtype, n_bin, dim, n, order, levels, salt, one_bin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", ["hermite", "linear"])
+@pytest.mark.parametrize("kind", ["hermite", "linear", "bspline", "hermite5"])
 @pytest.mark.parametrize("n, dim", [(1, 3), (37, 65), (37, 3)])
 def check_forward_every_order(kind, dtype, n, dim) -> None:
     x, table, offsets, coeffs_all, grid, _ = _case(kind, 9, dim, n, dtype, salt=n + dim)
@@ -229,6 +229,14 @@ def check_forward_every_order(kind, dtype, n, dim) -> None:
 def check_hermite_gradients_to_third_order(dtype, order) -> None:
     """Forward, grad w.r.t. x and table, double backward and third order, all vs the reference."""
     _compare_all_levels("hermite", dtype, n_bin=6, dim=5, n=37, order=order, levels=3, salt=100 + order)
+
+
+@pytest.mark.parametrize("order", [0, 2, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["bspline", "hermite5"])
+def check_c2_forms_gradients_to_third_order(kind, dtype, order) -> None:
+    """B = 4 rows with the B-spline's coefficients and B = 6 (quintic, P = 6) on the same kernels."""
+    _compare_all_levels(kind, dtype, n_bin=6, dim=5, n=37, order=order, levels=3, salt=900 + order)
 
 
 @pytest.mark.parametrize("order", range(3))

@@ -19,16 +19,21 @@ import numpy as np
 
 from posenc.haiku.cutoff import smooth_cutoff
 from posenc.haiku.spline import all_derivative_coeffs, check_finite, interpolate, is_concrete
-from posenc.init import initial_tables
+from posenc.init import initial_form_tables
 from posenc.spline import (
-    HERMITE_POWER_COEFFS,
-    LINEAR_POWER_COEFFS,
+    POWER_COEFFS,
+    TABLE_FORMS,
+    bspline_padded,
     check_dim,
     check_grid,
     check_policy,
     check_scale,
     out_of_range_message,
+    row_offsets,
 )
+
+# Per table form, the coefficient matrices of derivative orders 0..P, computed once.
+_FORM_COEFFS = {form: all_derivative_coeffs(coeffs) for form, coeffs in POWER_COEFFS.items()}
 
 
 def _check_input(x: jax.Array) -> None:
@@ -55,10 +60,12 @@ def _constant(array: np.ndarray) -> Callable[[tuple[int, ...], Any], jax.Array]:
 
 
 class TableEncoding(hk.Module):
-    """Shared machinery of the interpolated-table encodings (Hermite and linear)."""
+    """Shared machinery of the interpolated-table encodings (linear, Hermite, B-spline, quintic Hermite).
 
-    _coeffs: np.ndarray
-    _offsets: Callable[[int], tuple[int, ...]]
+    Subclasses name their table ``form`` (``posenc.spline.TABLE_FORMS``) and define the stacked table.
+    """
+
+    form: str
 
     def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, init: str, init_scale: float,
                  out_of_range: str, name: str | None) -> None:
@@ -70,12 +77,30 @@ class TableEncoding(hk.Module):
         self.x_min, self.x_max = float(x_min), float(x_max)
         self.init, self.init_scale, self.out_of_range = init, float(init_scale), out_of_range
 
-    def _initializers(self) -> tuple[hk.initializers.Initializer, hk.initializers.Initializer]:
-        """(values_init, slopes_init): Haiku's RNG for "normal", precomputed tables otherwise."""
+    def _tables(self, dtype: Any) -> list[jax.Array]:
+        """The form's ``[n_bin, dim]`` parameters in ``TABLE_FORMS`` order (values first).
+
+        Initialisers: Haiku's RNG for the values under "normal" (zeros for the other tables),
+        the precomputed tables of ``posenc.init.initial_form_tables`` otherwise (computed only
+        when Haiku initialises).
+        """
+        names = TABLE_FORMS[self.form]
+        shape = [self.n_bin, self.dim]
+
+        def precomputed(name: str) -> Callable[[tuple[int, ...], Any], jax.Array]:
+            def init(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+                tables = initial_form_tables(self.form, self.init, self.n_bin, self.dim, self.x_min, self.x_max,
+                                             scale=self.init_scale)
+                return _constant(tables[name])(shape, dtype)
+
+            return init
+
         if self.init == "normal":
-            return hk.initializers.RandomNormal(stddev=self.init_scale), hk.initializers.Constant(0.0)
-        v, s = initial_tables(self.init, self.n_bin, self.dim, self.x_min, self.x_max, scale=self.init_scale)
-        return _constant(v), _constant(s)
+            inits = [hk.initializers.RandomNormal(stddev=self.init_scale)]
+            inits += [hk.initializers.Constant(0.0)] * (len(names) - 1)
+        else:
+            inits = [precomputed(name) for name in names]
+        return [hk.get_parameter(name, shape, dtype, init=init) for name, init in zip(names, inits)]
 
     def stacked_table(self, dtype: Any) -> jax.Array:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -120,7 +145,7 @@ class TableEncoding(hk.Module):
         if self.out_of_range == "error" and is_concrete(flat) and not bool(inside.all()):
             raise ValueError(out_of_range_message(float(flat.min()), float(flat.max()), self.x_min, self.x_max))
         x_c = jnp.clip(flat, self.x_min, self.x_max)
-        args = (table, jnp.asarray(self._offsets(self.n_bin)), all_derivative_coeffs(self._coeffs), self.x_min,
+        args = (table, jnp.asarray(row_offsets(self.form, self.n_bin)), _FORM_COEFFS[self.form], self.x_min,
                 self.delta, self.n_bin)
         out = interpolate(x_c, *args, order)  # [E, C]
         if self.out_of_range == "extrapolate":
@@ -154,40 +179,68 @@ class HermiteEncoding(TableEncoding):
       (3, 32)
     """
 
-    _coeffs = HERMITE_POWER_COEFFS
+    form = "hermite"
 
     def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
                  init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
         super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
 
-    @staticmethod
-    def _offsets(n_bin: int) -> tuple[int, ...]:
-        return (0, 1, n_bin, n_bin + 1)  # h_i, h_{i+1}, delta g_i, delta g_{i+1}
-
     def stacked_table(self, dtype: Any) -> jax.Array:
         """``[2 n_bin, dim]``: the values, then the slopes scaled by delta."""
-        v_init, s_init = self._initializers()
-        values = hk.get_parameter("values", [self.n_bin, self.dim], dtype, init=v_init)  # [n_bin, D]
-        slopes = hk.get_parameter("slopes", [self.n_bin, self.dim], dtype, init=s_init)  # [n_bin, D]
+        values, slopes = self._tables(dtype)  # [n_bin, D] each
         return jnp.concatenate([values, slopes * self.delta], axis=0)
 
 
 class LinearEncoding(TableEncoding):
     """The paper's C0 variant: linear interpolation of learned values (parameter ``values`` only)."""
 
-    _coeffs = LINEAR_POWER_COEFFS
+    form = "linear"
 
     def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
                  init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
         super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
 
-    @staticmethod
-    def _offsets(n_bin: int) -> tuple[int, ...]:
-        return (0, 1)
+    def stacked_table(self, dtype: Any) -> jax.Array:
+        (values,) = self._tables(dtype)
+        return values  # [n_bin, D]
+
+
+class BSplineEncoding(TableEncoding):
+    """A C2 learned encoding: the uniform cubic B-spline of learned control values ``values``.
+
+    See ``posenc.torch.BSplineEncoding`` for the knots, the ghost rows, the initialisation and
+    the range policies; parameter ``values`` is ``[n_bin, dim]`` (control values at the centres).
+    """
+
+    form = "bspline"
+
+    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
+                 init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
+        super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
 
     def stacked_table(self, dtype: Any) -> jax.Array:
-        v_init, _ = self._initializers()
-        return hk.get_parameter("values", [self.n_bin, self.dim], dtype, init=v_init)  # [n_bin, D]
+        """``[n_bin + 2, dim]``: the control values between their two ghost rows."""
+        (values,) = self._tables(dtype)
+        return bspline_padded(values, jnp.concatenate)
+
+
+class QuinticHermiteEncoding(TableEncoding):
+    """A C2 learned encoding: quintic Hermite interpolation of values, slopes and curvatures.
+
+    See ``posenc.torch.QuinticHermiteEncoding``; parameters ``values``, ``slopes`` (dh/dx) and
+    ``curvatures`` (d^2h/dx^2) are ``[n_bin, dim]``.
+    """
+
+    form = "hermite5"
+
+    def __init__(self, n_bin: int, dim: int, x_min: float, x_max: float, *, init: str = "sinusoidal",
+                 init_scale: float = 1.0, out_of_range: str = "error", name: str | None = None) -> None:
+        super().__init__(n_bin, dim, x_min, x_max, init, init_scale, out_of_range, name)
+
+    def stacked_table(self, dtype: Any) -> jax.Array:
+        """``[3 n_bin, dim]``: the values, the slopes times delta, the curvatures times delta^2."""
+        values, slopes, curvatures = self._tables(dtype)
+        return jnp.concatenate([values, slopes * self.delta, curvatures * self.delta**2], axis=0)
 
 
 class RawEncoding(hk.Module):
@@ -322,6 +375,8 @@ ENCODINGS: dict[str, Callable[..., hk.Module]] = {
     "bessel": BesselEncoding,
     "linear": LinearEncoding,
     "hermite": HermiteEncoding,
+    "bspline": BSplineEncoding,
+    "hermite5": QuinticHermiteEncoding,
 }
 
 

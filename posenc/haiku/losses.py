@@ -35,7 +35,8 @@ def smoothness_loss(values: jax.Array) -> jax.Array:
 def total_smoothness_loss(params: dict) -> jax.Array:
     """Sum of :func:`smoothness_loss` over every table encoding in a Haiku params tree.
 
-    A table encoding is any module whose parameters include ``values`` (Hermite and linear).
+    A table encoding is any module whose parameters include ``values`` (every form of
+    ``posenc.spline.TABLE_FORMS``: linear, Hermite, B-spline control values, quintic Hermite).
     Returns 0.0 when there is none.
     """
     losses = [smoothness_loss(p["values"]) for p in params.values() if "values" in p]

@@ -14,21 +14,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from posenc.init import initial_tables
+from posenc.init import initial_form_tables
 from posenc.spline import (
-    HERMITE_POWER_COEFFS,
-    LINEAR_POWER_COEFFS,
+    POWER_COEFFS,
+    TABLE_FORMS,
+    bspline_padded,
     check_dim,
     check_grid,
     check_policy,
     check_scale,
     out_of_range_message,
+    row_offsets,
 )
 from posenc.torch.cutoff import smooth_cutoff
 from posenc.torch.spline import all_derivative_coeffs, check_finite, interpolate
 
-_HERMITE_COEFFS = all_derivative_coeffs(HERMITE_POWER_COEFFS)
-_LINEAR_COEFFS = all_derivative_coeffs(LINEAR_POWER_COEFFS)
+# Per table form, the coefficient matrices of derivative orders 0..P, computed once.
+_FORM_COEFFS = {form: all_derivative_coeffs(coeffs) for form, coeffs in POWER_COEFFS.items()}
 
 
 def _check_input(x: torch.Tensor, like: torch.Tensor | None = None) -> None:
@@ -45,9 +47,10 @@ def _check_input(x: torch.Tensor, like: torch.Tensor | None = None) -> None:
 
 
 class TableEncoding(nn.Module):
-    """Shared machinery of the interpolated-table encodings (Hermite and linear).
+    """Shared machinery of the interpolated-table encodings (linear, Hermite, B-spline, quintic Hermite).
 
-    Subclasses define the stacked table, its row offsets and the basis coefficients.
+    Subclasses name their table ``form`` (``posenc.spline.TABLE_FORMS``: which ``[n_bin, dim]``
+    parameters they hold, the basis and the row offsets) and define the stacked table.
     """
 
     values: nn.Parameter
@@ -73,27 +76,31 @@ class TableEncoding(nn.Module):
         self.x_min, self.x_max = float(x_min), float(x_max)
         self.out_of_range = out_of_range
         factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        names = TABLE_FORMS[self.form]
         if init == "normal":  # torch's own RNG, so torch.manual_seed governs it
-            values = torch.randn(n_bin, dim, **factory) * init_scale
-            slopes = torch.zeros(n_bin, dim, **factory)
+            tables = {"values": torch.randn(n_bin, dim, **factory) * init_scale}
+            tables.update({name: torch.zeros(n_bin, dim, **factory) for name in names[1:]})
         else:
-            v, g = initial_tables(init, n_bin, dim, x_min, x_max, scale=init_scale)
-            values, slopes = torch.as_tensor(v, **factory), torch.as_tensor(g, **factory)
-        self.values = nn.Parameter(values)  # [n_bin, dim]
-        if self._has_slopes:
-            self.slopes = nn.Parameter(slopes)  # [n_bin, dim]
+            arrays = initial_form_tables(self.form, init, n_bin, dim, x_min, x_max, scale=init_scale)
+            tables = {name: torch.as_tensor(a, **factory) for name, a in arrays.items()}
+        for name in names:  # values [n_bin, dim], then slopes and curvatures where the form has them
+            setattr(self, name, nn.Parameter(tables[name]))
 
     # --- defined by subclasses -------------------------------------------------------------
-    _coeffs: tuple[np.ndarray, ...]
-    _has_slopes: bool
+    form: str
 
     def stacked_table(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def row_offsets(self) -> list[int]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     # ---------------------------------------------------------------------------------------
+    @property
+    def _coeffs(self) -> tuple[np.ndarray, ...]:
+        return _FORM_COEFFS[self.form]
+
+    def row_offsets(self) -> list[int]:
+        """The B row offsets of the basis: interval i reads rows ``i + offsets`` of the stacked table."""
+        return list(row_offsets(self.form, self.n_bin))
+
     @property
     def centres(self) -> torch.Tensor:
         """``[n_bin]`` bin centres, in the parameters' dtype and device."""
@@ -187,7 +194,7 @@ class TableEncoding(nn.Module):
         return x.clamp(self.x_min, self.x_max)
 
     def _extend(self, x: torch.Tensor, x_c: torch.Tensor, out: torch.Tensor, args: tuple, order: int) -> torch.Tensor:
-        """Linear extension with the end slope beyond the range: C1 at both ends.
+        """Linear extension with the end slope beyond the range: C1 at both ends (C2 where h'' = 0 there).
 
         Only the (usually few) outside points are touched. Written so that autograd through the
         order-0 result gives the extension's derivatives too.
@@ -232,15 +239,11 @@ class HermiteEncoding(TableEncoding):
       True
     """
 
-    _coeffs = _HERMITE_COEFFS
-    _has_slopes = True
+    form = "hermite"
 
     def stacked_table(self) -> torch.Tensor:
         """``[2 n_bin, dim]``: the values, then the slopes scaled by delta (t-units)."""
         return torch.cat([self.values, self.slopes * self.delta], dim=0)
-
-    def row_offsets(self) -> list[int]:
-        return [0, 1, self.n_bin, self.n_bin + 1]  # h_i, h_{i+1}, delta g_i, delta g_{i+1}
 
 
 class LinearEncoding(TableEncoding):
@@ -250,14 +253,70 @@ class LinearEncoding(TableEncoding):
     at every centre, which is why force fields need the Hermite form.
     """
 
-    _coeffs = _LINEAR_COEFFS
-    _has_slopes = False
+    form = "linear"
 
     def stacked_table(self) -> torch.Tensor:
         return self.values
 
-    def row_offsets(self) -> list[int]:
-        return [0, 1]
+
+class BSplineEncoding(TableEncoding):
+    """A C2 learned encoding: the uniform cubic B-spline of learned control values.
+
+    The knots are the ``n_bin`` centres and control value ``values[j]`` sits at centre j; on
+    ``[c_i, c_{i+1}]`` the curve blends the four control values ``j = i-1 .. i+2`` with the cubic
+    B-spline basis, so h is C2 (its third derivative jumps at the centres) and each x reads 4
+    rows. Two ghost rows, ``2 P_0 - P_1`` and ``2 P_{n-1} - P_{n-2}``, complete the end
+    intervals (``posenc.spline``): then h(x_min) = values[0], h(x_max) = values[-1] and h'' = 0
+    at both ends. Inside, h(c_i) = (values[i-1] + 4 values[i] + values[i+1]) / 6: the control
+    values are a smoothed reading of the curve, and the smoothness loss acts on them.
+    ``n_bin * dim`` parameters.
+
+    Same arguments as :class:`HermiteEncoding`. Initialisation: the control values whose curve
+    passes through the ``init`` table's values at every centre (``posenc.init.initial_form_tables``;
+    ``"normal"`` uses i.i.d. control values). ``out_of_range="extrapolate"`` continues h linearly
+    with the end slope; since h'' = 0 at the ends, h stays C2 across ``x_min`` and ``x_max``.
+    ``"clamp"`` makes h constant beyond the ends (C0 there).
+
+    Example:
+      >>> import torch
+      >>> from posenc.torch import BSplineEncoding
+      >>> enc = BSplineEncoding(n_bin=64, dim=32, x_min=0.0, x_max=5.0)
+      >>> enc(torch.tensor([0.9, 1.4, 4.9]), order=2).shape
+      torch.Size([3, 32])
+    """
+
+    form = "bspline"
+
+    def stacked_table(self) -> torch.Tensor:
+        """``[n_bin + 2, dim]``: the control values between their two ghost rows."""
+        return bspline_padded(self.values, torch.cat)
+
+
+class QuinticHermiteEncoding(TableEncoding):
+    """A C2 learned encoding: quintic Hermite interpolation of values, slopes and curvatures.
+
+    On ``[c_i, c_{i+1}]`` h is the quintic with h(c_i) = values[i], h'(c_i) = slopes[i] and
+    h''(c_i) = curvatures[i] at both ends (physical derivatives, per unit of x and of x^2), so h
+    is C2 and exact at the centres like :class:`HermiteEncoding`. ``3 * n_bin * dim`` parameters.
+
+    Same arguments as :class:`HermiteEncoding`; initialisations give exact values, slopes and
+    curvatures of the basis (``posenc.init.initial_curvatures``; zero slopes and curvatures
+    under ``"normal"``). ``out_of_range="extrapolate"`` continues h linearly with the end slope:
+    C1 at ``x_min`` and ``x_max`` (h'' jumps from the end curvature to 0); ``"clamp"`` is C0 there.
+
+    Example:
+      >>> import torch
+      >>> from posenc.torch import QuinticHermiteEncoding
+      >>> enc = QuinticHermiteEncoding(n_bin=64, dim=32, x_min=0.0, x_max=5.0)
+      >>> bool(torch.allclose(enc(enc.centres, order=2), enc.curvatures, atol=1e-3))
+      True
+    """
+
+    form = "hermite5"
+
+    def stacked_table(self) -> torch.Tensor:
+        """``[3 n_bin, dim]``: the values, the slopes times delta, the curvatures times delta^2."""
+        return torch.cat([self.values, self.slopes * self.delta, self.curvatures * self.delta**2], dim=0)
 
 
 class RawEncoding(nn.Module):
@@ -456,6 +515,8 @@ ENCODINGS: dict[str, Callable[..., nn.Module]] = {
     "bessel": BesselEncoding,
     "linear": LinearEncoding,
     "hermite": HermiteEncoding,
+    "bspline": BSplineEncoding,
+    "hermite5": QuinticHermiteEncoding,
 }
 
 

@@ -114,8 +114,9 @@ def _check(x: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, coeffs: 
     if not (x.device == table.device == offsets.device):
         raise ValueError(f"x, table and offsets must be on one device; "
                          f"got {x.device}, {table.device}, {offsets.device}")
-    if coeffs.ndim != 2 or coeffs.shape[0] not in (2, 4):
-        raise ValueError(f"coefficients must be [B, P] with B = 2 (linear) or 4 (Hermite); got {coeffs.shape}")
+    if coeffs.ndim != 2 or coeffs.shape[0] not in (2, 4, 6):
+        raise ValueError("coefficients must be [B, P] with B = 2 (linear), 4 (Hermite, B-spline) or 6 "
+                         f"(quintic Hermite); got {coeffs.shape}")
     if offsets.dtype != torch.int64 or offsets.shape != (coeffs.shape[0],):
         raise ValueError(f"offsets must be int64 [{coeffs.shape[0]}]; got {offsets.dtype} {tuple(offsets.shape)}")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
