@@ -28,7 +28,7 @@ stopping an evaluation.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -78,6 +78,19 @@ def distance_encoding_kwargs(name: str, x_max: float, overrides: dict[str, Any] 
     return kwargs
 
 
+def _squared_pair_distances(mols: Molecules) -> Iterator[np.ndarray]:
+    """``[m, n(n-1)/2]`` squared distances of every pair inside the molecules of ``mols``
+    (Angstrom^2), molecules of one size at a time, in chunks of 1,024 (so memory stays bounded)."""
+    for n in np.unique(mols.n_atoms):
+        if n < 2:
+            continue
+        same_size = np.flatnonzero(mols.n_atoms == n)
+        iu = np.triu_indices(int(n), k=1)
+        for sel in np.array_split(same_size, -(-same_size.size // 1024)):
+            pos = mols.pos[mols.atom_index(sel)].reshape(sel.size, n, 3)  # [m, n, 3]
+            yield np.sum((pos[:, iu[0]] - pos[:, iu[1]]) ** 2, axis=-1)  # [m, pairs]
+
+
 def distance_extent(mols: Molecules) -> tuple[float, float]:
     """The shortest and the longest interatomic distance inside any molecule of ``mols`` (Angstrom).
 
@@ -85,15 +98,9 @@ def distance_extent(mols: Molecules) -> tuple[float, float]:
       ValueError: no molecule has two atoms.
     """
     shortest, longest = np.inf, 0.0
-    for n in np.unique(mols.n_atoms):
-        if n < 2:
-            continue
-        same_size = np.flatnonzero(mols.n_atoms == n)
-        iu = np.triu_indices(int(n), k=1)
-        for sel in np.array_split(same_size, -(-same_size.size // 1024)):  # chunks bound the memory
-            pos = mols.pos[mols.atom_index(sel)].reshape(sel.size, n, 3)  # [m, n, 3]
-            dist = np.linalg.norm(pos[:, iu[0]] - pos[:, iu[1]], axis=-1)  # [m, pairs]
-            shortest, longest = min(shortest, float(dist.min())), max(longest, float(dist.max()))
+    for sq in _squared_pair_distances(mols):
+        shortest, longest = min(shortest, float(sq.min())), max(longest, float(sq.max()))
+    shortest, longest = float(np.sqrt(shortest)), float(np.sqrt(longest))
     if not np.isfinite(shortest):
         raise ValueError("no molecule has two atoms: there is no interatomic distance")
     return shortest, longest
@@ -107,7 +114,8 @@ def encoding_init_bound(enc_dim: int) -> float:
     barely depends on the geometry, the forces start at zero, and the run sits on the plateau of
     predicting F = 0 for tens of epochs (measured on MD17 ethanol at lr 1e-3: 30 epochs, with
     this bound 3). Weights of variance 1/D give the encoded distances, of any width D, a
-    contribution of unit size to each message, as the atom features have. Both backends' EGNN use it.
+    contribution of unit size to each message, as the atom features have. Both backends' EGNN
+    use it.
     """
     return math.sqrt(3.0 / enc_dim)
 
@@ -128,15 +136,8 @@ def distance_scale(mols: Molecules) -> float:
       ValueError: no molecule has two atoms.
     """
     total, count = 0.0, 0
-    for n in np.unique(mols.n_atoms):
-        if n < 2:
-            continue
-        same_size = np.flatnonzero(mols.n_atoms == n)
-        iu = np.triu_indices(int(n), k=1)
-        for sel in np.array_split(same_size, -(-same_size.size // 1024)):  # chunks bound the memory
-            pos = mols.pos[mols.atom_index(sel)].reshape(sel.size, n, 3)  # [m, n, 3]
-            sq = np.sum((pos[:, iu[0]] - pos[:, iu[1]]) ** 2, axis=-1)  # [m, pairs]
-            total, count = total + float(sq.sum()), count + sq.size
+    for sq in _squared_pair_distances(mols):
+        total, count = total + float(sq.sum()), count + sq.size
     if count == 0:
         raise ValueError("no molecule has two atoms: there is no interatomic distance")
     return float(np.sqrt(total / count))
