@@ -277,6 +277,8 @@ def test_baselines_shapes_and_registry():
         "bessel": make_encoding("bessel", n_basis=8, cutoff=5.0),
         "linear": make_encoding("linear", n_bin=16, dim=6, x_min=0.0, x_max=5.0),
         "hermite": make_encoding("hermite", n_bin=16, dim=6, x_min=0.0, x_max=5.0),
+        "bspline": make_encoding("bspline", n_bin=16, dim=6, x_min=0.0, x_max=5.0),
+        "hermite5": make_encoding("hermite5", n_bin=16, dim=6, x_min=0.0, x_max=5.0),
     }
     assert set(built) == set(ENCODINGS)
     for name, enc in built.items():
