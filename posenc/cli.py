@@ -53,7 +53,7 @@ _HELP = {
     "dataset": "md17:<molecule>, qm9:<target>, synthetic:md17 or synthetic:qm9",
     "backbone": "egnn | transformer | dimenet",
     "backend": "torch | haiku (haiku: EGNN only)",
-    "encoding": "raw | mlp | gaussian | bessel | linear | hermite",
+    "encoding": "raw | mlp | gaussian | bessel | linear | hermite | hermite5 | bspline",
     "lam": "weight lambda of the smoothness loss",
     "schedule": "cosine | plateau (torch) | none",
     "warmup_epochs": "epochs of linear learning-rate warm-up (0: none)",

@@ -38,6 +38,10 @@ from posenc.spline import TABLE_FORMS
 #: The learned-table encodings (``posenc.spline.TABLE_FORMS``): the ones with ``n_bin`` and
 #: ``init``, a smoothness loss, and tables that ``freeze_tables`` / ``table_lr_scale`` act on.
 TABLE_ENCODINGS: tuple[str, ...] = tuple(TABLE_FORMS)
+#: The parameters a table encoding may have (every form has ``values``).
+TABLE_PARAMETERS = ("values", "slopes", "curvatures")
+#: Encodings laid out over ``[x_min, x_max]`` (the tables and the Gaussian centres).
+RANGED_ENCODINGS: tuple[str, ...] = (*TABLE_ENCODINGS, "gaussian")
 
 DISTANCE_ENCODING_DEFAULTS: dict[str, dict[str, Any]] = {
     "raw": {"power": 2, "scale": 1.0},

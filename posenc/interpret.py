@@ -208,32 +208,39 @@ def load_tables(path: str | os.PathLike, part: Part = "learned") -> list[Tables]
             if np.asarray(f[key]).size != 1:
                 raise ValueError(f"{path}: {key!r} must be a scalar, got shape {np.shape(f[key])}")
         lo, hi = float(np.asarray(f["x_min"]).item()), float(np.asarray(f["x_max"]).item())
-        learned = [(f[f"values_layer{i}"], f[f"slopes_layer{i}"] if f"slopes_layer{i}" in keys else None)
-                   for i in idx]
+        form = str(np.asarray(f["form"]).item()) if "form" in keys else None
+        names = [n for n in ("values", "slopes", "curvatures") if n == "values" or f"{n}_layer{idx[0]}" in keys]
+
+        def layers(prefix: str) -> list[list[np.ndarray | None]]:
+            return [[f[f"{prefix}{n}_layer{i}"] if n in names else None for n in ("values", "slopes", "curvatures")]
+                    for i in idx]
+
+        learned = layers("")
         if part == "learned":
-            return [_check_table(v, s, lo, hi) for v, s in learned]
+            return [_check_table(v, s, lo, hi, c, form) for v, s, c in learned]
         if not any(k.startswith("init_") for k in keys):
             raise ValueError(f"{path}: part={part!r} needs the tables before training ('init_values_layer{{i}}', "
                              "'init_slopes_layer{i}'), which this file does not hold (a run saved before they "
                              "were recorded); only part='learned' can be read from it")
-        initial = []
-        for i, (v, s) in zip(idx, learned):
-            for name, table in (("values", v), ("slopes", s)):
+        for i, tables in zip(idx, learned):
+            for name, table in zip(("values", "slopes", "curvatures"), tables):
                 key = f"init_{name}_layer{i}"
                 if table is not None and key not in keys:
                     raise ValueError(f"{path}: {name}_layer{i} has no {key!r} to compare with")
                 if table is not None and np.shape(f[key]) != np.shape(table):
                     raise ValueError(f"{path}: {key!r} has shape {np.shape(f[key])}, "
                                      f"{name}_layer{i} {np.shape(table)}")
-            initial.append((f[f"init_values_layer{i}"], f[f"init_slopes_layer{i}"] if s is not None else None))
+        initial = layers("init_")
+        learned = [[None if t is None else np.asarray(t, dtype=np.float64) for t in ts] for ts in learned]
+        initial = [[None if t is None else np.asarray(t, dtype=np.float64) for t in ts] for ts in initial]
     if part == "initial":
-        return [_check_table(v0, s0, lo, hi) for v0, s0 in initial]
-    out = []
-    for (v, s), (v0, s0) in zip(learned, initial):
-        v, v0 = np.asarray(v, dtype=np.float64), np.asarray(v0, dtype=np.float64)
-        ds = None if s is None else np.asarray(s, dtype=np.float64) - np.asarray(s0, dtype=np.float64)
-        out.append(_check_table(v - v0, ds, lo, hi))
-    return out
+        return [_check_table(v0, s0, lo, hi, c0, form) for v0, s0, c0 in initial]
+    def minus(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None or b is None else a - b
+
+    # every form is linear in its tables, so the change of the tables is the change of h(x)
+    return [_check_table(minus(v, v0), minus(s, s0), lo, hi, minus(c, c0), form)
+            for (v, s, c), (v0, s0, c0) in zip(learned, initial)]
 
 
 def as_tables(encoding: Any) -> list[Tables]:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from posenc.data.graphs import batches
 from posenc.data.molecules import Molecules
-from posenc.encoding_defaults import distance_scale
+from posenc.encoding_defaults import TABLE_ENCODINGS, distance_scale
 from posenc.run_health import RunHealth, zero_prediction_loss
 from posenc.training import (
     TrainConfig,
@@ -193,7 +193,9 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
         test = backend.evaluate(data["test"])
         tables, table_range = backend.tables()
         if tables:
-            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables)
+            form = config.encoding if config.encoding in TABLE_ENCODINGS else None
+            save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables,
+                                 form=form)
     result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
                          test=test, units=train_set.target_units, x_range=x_range, finished=finished,
                          distance_scale=scale, flags=list(health.messages))

@@ -399,14 +399,17 @@ def write_metrics(out_dir: str | os.PathLike, history: list[dict[str, float]]) -
 
 
 def save_encoding_tables(path: str | os.PathLike, tables: list[dict[str, np.ndarray]], x_min: float, x_max: float,
-                         initial: list[dict[str, np.ndarray]] | None = None) -> None:
-    """``encoding_tables.npz``: ``values_layer{i}`` (and ``slopes_layer{i}`` for Hermite), ``x_min``, ``x_max``.
+                         initial: list[dict[str, np.ndarray]] | None = None, form: str | None = None) -> None:
+    """``encoding_tables.npz``: ``values_layer{i}`` (and ``slopes_layer{i}``, ``curvatures_layer{i}``
+    where the form has them), ``x_min``, ``x_max`` and, when given, ``form``.
 
-    With ``initial`` (the same layout, before training) also ``init_values_layer{i}`` (and
-    ``init_slopes_layer{i}``), so how far training moved the tables is known for any
-    initialisation, random ones included.
+    With ``initial`` (the same layout, before training) also ``init_values_layer{i}`` (and so on),
+    so how far training moved the tables is known for any initialisation, random ones included.
+    ``form`` (``posenc.spline.TABLE_FORMS``) tells a B-spline's control values from a linear table.
     """
     arrays: dict[str, np.ndarray] = {"x_min": np.asarray(x_min), "x_max": np.asarray(x_max)}
+    if form is not None:
+        arrays["form"] = np.asarray(form)
     for prefix, layers in (("", tables), ("init_", initial or [])):
         for i, table in enumerate(layers):
             for key, value in table.items():

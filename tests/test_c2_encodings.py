@@ -314,3 +314,25 @@ def test_cli_quick_run(tmp_path, capsys, name, backend):
     assert "test force MAE" in capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "ok" and result["config"]["encoding"] == name
+
+
+@pytest.mark.parametrize("backend", ["torch", "haiku"])
+def test_a_quintic_run_saves_and_reads_back_every_table(tmp_path, backend):
+    """encoding_tables.npz of a hermite5 run holds curvatures and its form, and posenc.interpret
+    reads the learned, initial and changed tables back with them; frozen tables never move."""
+    from posenc.interpret import load_tables
+    from posenc.trainer import train
+    from posenc.training import TrainConfig
+
+    base = dict(dataset="synthetic:md17", encoding="hermite5", n_layers=1, hidden=8, epochs=2, n_train=16,
+                n_val=8, n_test=8, batch_size=8, encoding_kwargs={"n_bin": 8, "dim": 4}, backend=backend,
+                progress=False)
+    train(TrainConfig(out_dir=str(tmp_path / "run"), **base))
+    learned, initial = (load_tables(tmp_path / "run" / "encoding_tables.npz", part) for part in ("learned", "initial"))
+    change = load_tables(tmp_path / "run" / "encoding_tables.npz", "change")
+    assert learned[0].form == "hermite5" and learned[0].curvatures.shape == (8, 4)
+    np.testing.assert_allclose(change[0].curvatures, learned[0].curvatures - initial[0].curvatures)
+    assert np.abs(change[0].curvatures).max() > 0
+    train(TrainConfig(out_dir=str(tmp_path / "frozen"), freeze_tables=True, **base))
+    frozen = load_tables(tmp_path / "frozen" / "encoding_tables.npz", "change")[0]
+    assert all(np.abs(t).max() == 0 for t in (frozen.values, frozen.slopes, frozen.curvatures))

@@ -58,8 +58,8 @@ def test_files_of_a_run(tmp_path):
     assert saved["config"]["encoding"] == "hermite" and saved["units"] == ["meV"]
     tables = np.load(out / "encoding_tables.npz")
     layers = {f"{k}_layer{i}" for k in ("values", "slopes") for i in (0, 1)}
-    assert set(tables.files) == layers | {f"init_{k}" for k in layers} | {"x_min", "x_max"}
-    assert tables["values_layer0"].shape == (8, 4)
+    assert set(tables.files) == layers | {f"init_{k}" for k in layers} | {"x_min", "x_max", "form"}
+    assert tables["values_layer0"].shape == (8, 4) and str(tables["form"]) == "hermite"
     assert float(tables["x_min"]) == result.x_range[0] and float(tables["x_max"]) == result.x_range[1]
     state = load_checkpoint(out / "last.pt", resumable=True)
     assert state["epoch"] == 2 and state["config"]["dataset"] == "md17:toy"

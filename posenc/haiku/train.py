@@ -39,6 +39,7 @@ from posenc.haiku.batching import collate_jax
 from posenc.haiku.losses import total_smoothness_loss
 from posenc.haiku.models.common import N_SPECIES, energy_and_forces
 from posenc.haiku.models.egnn import EGNN
+from posenc.encoding_defaults import RANGED_ENCODINGS, TABLE_PARAMETERS
 from posenc.training import TrainConfig, atomic_write, encoding_overrides, lr_factor, schedule_factor
 
 __all__ = ["Backend", "build_model", "encoding_tables", "evaluate", "learning_rate", "load_checkpoint", "make_loss",
@@ -71,7 +72,7 @@ def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: in
     if config.backbone != "egnn":
         raise ValueError(f"the haiku backend has the EGNN only, not {config.backbone!r}")
     overrides = encoding_overrides(config, distance_scale)
-    if config.encoding in ("hermite", "linear", "gaussian"):
+    if config.encoding in RANGED_ENCODINGS:
         overrides.setdefault("x_min", x_range[0])
     return hk.without_apply_rng(hk.transform(lambda g: EGNN(
         config.n_layers, config.hidden, config.encoding, overrides, x_max=x_range[1],
@@ -94,12 +95,13 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
 
 
 def _is_table(path: str, name: str) -> bool:
-    """Whether parameter ``name`` of module ``path`` is a distance table (values or slopes of a table encoding)."""
-    return name in ("values", "slopes") and "encoding" in path
+    """Whether parameter ``name`` of module ``path`` is a distance table (values, slopes or
+    curvatures of a table encoding)."""
+    return name in TABLE_PARAMETERS and "encoding" in path
 
 
 def table_parameters(params: Params) -> Params:
-    """The distance tables of ``params`` (values and slopes of every table encoding), as a sub-tree."""
+    """The distance tables of ``params`` (values, slopes, curvatures of every table encoding), as a sub-tree."""
     tables = {path: {n: v for n, v in leaves.items() if _is_table(path, n)} for path, leaves in params.items()}
     return {path: leaves for path, leaves in tables.items() if leaves}
 
@@ -188,7 +190,8 @@ def encoding_tables(params: Params, x_range: tuple[float, float]) -> tuple[list[
                                                                            tuple[float, float] | None]:
     """The learned distance tables of a Haiku EGNN, layer by layer, and their range (Angstrom).
 
-    ``slopes`` for Hermite tables only. Returns ``([], None)`` when the encoding has no table.
+    ``slopes`` (Hermite forms) and ``curvatures`` (quintic Hermite) where the form has them.
+    Returns ``([], None)`` when the encoding has no table.
 
     Args:
       params: the model's parameters.

@@ -35,6 +35,7 @@ from posenc.torch.encodings import TableEncoding
 from posenc.torch.losses import total_smoothness_loss
 from posenc.torch.models import energy_and_forces, graph_cutoff, make_model, set_output_stats
 from posenc.torch.models.common import N_SPECIES
+from posenc.encoding_defaults import RANGED_ENCODINGS, TABLE_PARAMETERS
 from posenc.training import TrainConfig, atomic_write, encoding_overrides, lr_factor, schedule_factor
 
 __all__ = ["Backend", "build_model", "encoding_tables", "evaluate", "learning_rate", "load_checkpoint", "make_loss",
@@ -67,7 +68,7 @@ def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: in
     if config.backbone == "egnn":
         extra["update_coords"] = config.update_coords
     overrides = encoding_overrides(config, distance_scale)
-    if config.backbone != "dimenet" and config.encoding in ("hermite", "linear", "gaussian"):
+    if config.backbone != "dimenet" and config.encoding in RANGED_ENCODINGS:
         overrides.setdefault("x_min", x_range[0])
     model = make_model(config.backbone, encoding=config.encoding, encoding_kwargs=overrides, x_max=x_range[1],
                        n_layers=config.n_layers, hidden=config.hidden, n_outputs=n_outputs,
@@ -130,15 +131,16 @@ def evaluate(model: nn.Module, graphs: list[Batch]) -> dict[str, float]:
 def encoding_tables(model: nn.Module) -> tuple[list[dict[str, np.ndarray]], tuple[float, float] | None]:
     """The learned distance tables, layer by layer, and their range (Angstrom).
 
-    Every table encoding of the model except an angle's (DimeNet++'s ``sbf``); ``slopes`` only for
-    Hermite tables. Returns ``([], None)`` when the encoding has no table.
+    Every table encoding of the model except an angle's (DimeNet++'s ``sbf``); ``slopes`` (Hermite
+    forms) and ``curvatures`` (quintic Hermite) where the form has them. Returns ``([], None)``
+    when the encoding has no table.
     """
     tables, x_range = [], None
     for name, module in model.named_modules():
         if isinstance(module, TableEncoding) and "sbf" not in name.split("."):
-            table = {"values": module.values.detach().cpu().numpy().copy()}  # a copy: training moves the parameters
-            if hasattr(module, "slopes"):
-                table["slopes"] = module.slopes.detach().cpu().numpy().copy()
+            # copies: training moves the parameters
+            table = {name: getattr(module, name).detach().cpu().numpy().copy()
+                     for name in TABLE_PARAMETERS if hasattr(module, name)}
             tables.append(table)
             x_range = (module.x_min, module.x_max)
     return tables, x_range
