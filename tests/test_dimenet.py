@@ -11,6 +11,7 @@ import torch_geometric.nn.models.dimenet as pyg_dimenet
 
 from posenc.data.graphs import radius_edges
 from posenc.data.molecules import Molecules
+from posenc.encoding_defaults import TABLE_ENCODINGS
 from posenc.torch.batching import collate
 from posenc.torch import ENCODINGS, TableEncoding, total_smoothness_loss
 from posenc.torch.models.dimenet import ANGLE_ENCODING_DEFAULTS, DimeNetPlusPlus, SphericalBasis, triplets
@@ -201,7 +202,7 @@ def test_batch_equals_molecules_one_by_one():
 def test_every_encoding_runs_and_is_smooth_at_the_cutoff(radial, angular):
     model = tiny_model(radial, angular, out_channels=2)
     n_tables = sum(isinstance(m, TableEncoding) for m in model.modules())
-    assert n_tables == (radial in ("hermite", "linear")) + (angular in ("hermite", "linear"))
+    assert n_tables == (radial in TABLE_ENCODINGS) + (angular in TABLE_ENCODINGS)
     if n_tables:
         assert float(total_smoothness_loss(model)) > 0
     # atom 2 sits just inside / just outside the cutoff of atom 1 (and beyond that of atom 0):

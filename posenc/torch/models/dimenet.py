@@ -66,6 +66,8 @@ ANGLE_ENCODING_DEFAULTS: dict[str, dict[str, Any]] = {
     "gaussian": {"x_min": 0.0, "x_max": math.pi},
     "linear": {"n_bin": 64, "x_min": 0.0, "x_max": math.pi, "init": "sinusoidal", "out_of_range": "clamp"},
     "hermite": {"n_bin": 64, "x_min": 0.0, "x_max": math.pi, "init": "sinusoidal", "out_of_range": "clamp"},
+    "hermite5": {"n_bin": 64, "x_min": 0.0, "x_max": math.pi, "init": "sinusoidal", "out_of_range": "clamp"},
+    "bspline": {"n_bin": 64, "x_min": 0.0, "x_max": math.pi, "init": "sinusoidal", "out_of_range": "clamp"},
 }
 """Defaults of the angle encodings; the size (``dim``/``n_centres``) comes from ``num_spherical``.
 
