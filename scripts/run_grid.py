@@ -411,6 +411,14 @@ def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
     return out
 
 
+def portable_result(path: Path, rel_dir: Path) -> None:
+    """Rewrites a kept ``result.json`` so it names no machine-local path: its ``out_dir`` (and the
+    config's) become the run's directory relative to the results tree."""
+    result = json.loads(path.read_text())
+    result["out_dir"] = result["config"]["out_dir"] = rel_dir.as_posix()
+    path.write_text(json.dumps(result, indent=1))
+
+
 def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]:
     """Trains one run (resuming an unfinished scratch run), then copies its small files.
 
@@ -444,6 +452,7 @@ def run_one(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]
     keep.mkdir(parents=True, exist_ok=True)
     for name in KEPT_FILES:
         shutil.copyfile(scratch / name, keep / name)
+    portable_result(keep / "result.json", spec.rel_dir)
     for name in KEPT_IF_PRESENT:
         if (scratch / name).is_file():
             shutil.copyfile(scratch / name, keep / name)

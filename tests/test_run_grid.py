@@ -218,6 +218,8 @@ def test_tiny_grid_end_to_end(tmp_path):
         tables = ["encoding_tables.npz"] if spec.arm == "smooth" else []
         assert kept == sorted(["metrics.csv", "result.json", "run_info.json", *tables])
         assert not list((scratch / spec.rel_dir).glob("*.pt"))  # checkpoints deleted once finished
+        saved = json.loads((results / spec.rel_dir / "result.json").read_text())
+        assert saved["out_dir"] == saved["config"]["out_dir"] == spec.rel_dir.as_posix()  # no local path
     smooth = json.loads((results / specs[1].rel_dir / "run_info.json").read_text())
     assert len(smooth["tables"]) == 1 and 0 < smooth["tables"][0]["values_rel_change"] < 1
     assert 0 < smooth["tables"][0]["bins_reached"] <= 64
