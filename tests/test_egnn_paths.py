@@ -13,7 +13,7 @@ import torch
 
 from molecule_factory import random_molecules
 from posenc.torch.batching import Batch, collate
-from posenc.torch.encodings import HermiteEncoding, project_all
+from posenc.torch.encodings import GaussianEncoding, HermiteEncoding, project_all
 from posenc.torch.models import EGNN
 from posenc.torch.models.common import edge_geometry
 
@@ -106,6 +106,12 @@ def test_project_all_folds_and_batches_tables():
     torch.testing.assert_close(mixed[1], other(x.clamp(max=4.0)) @ weights[1].T)
     with pytest.raises(ValueError, match="weights"):
         project_all(encs, weights[:2], x)
+    gaussian = GaussianEncoding(5, 0.0, 4.0, dtype=torch.float64)  # shared by three layers: evaluated once
+    calls = []
+    gaussian.register_forward_hook(lambda module, args, out: calls.append(1))
+    for out, w in zip(project_all([gaussian] * 3, weights, x), weights):
+        torch.testing.assert_close(out, gaussian(x) @ w.T)
+    assert len(calls) == 1 + 3  # one in project_all, three in the checks above
 
 
 def test_raw_scale_is_saved_with_the_model():

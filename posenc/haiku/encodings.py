@@ -365,7 +365,16 @@ def project_all(encodings: Sequence[hk.Module], weights: Sequence[jax.Array], x:
         tables = [e.stacked_table(dtype) @ w for e, w in zip(encodings, weights)]  # K x [R, out_k]
         out = first.interpolate_table(x, jnp.concatenate(tables, axis=1))  # [..., sum out_k]
         return jnp.split(out, np.cumsum([w.shape[1] for w in weights])[:-1].tolist(), axis=-1)
-    return [e.project(x, w) if isinstance(e, TableEncoding) else e(x) @ w for e, w in zip(encodings, weights)]
+    encoded: dict[int, jax.Array] = {}  # a shared encoding (the same module K times) is evaluated once
+    terms = []
+    for e, w in zip(encodings, weights):
+        if isinstance(e, TableEncoding):
+            terms.append(e.project(x, w))
+            continue
+        if id(e) not in encoded:
+            encoded[id(e)] = e(x)
+        terms.append(encoded[id(e)] @ w)
+    return terms
 
 
 ENCODINGS: dict[str, Callable[..., hk.Module]] = {

@@ -505,7 +505,16 @@ def project_all(encodings: Sequence[nn.Module], weights: Sequence[torch.Tensor],
         tables = [e.stacked_table() @ w.T for e, w in zip(encodings, weights)]  # K x [R, out_k]
         out = first.interpolate_table(x, torch.cat(tables, dim=1))  # [..., sum out_k]
         return list(out.split([w.shape[0] for w in weights], dim=-1))
-    return [e.project(x, w) if isinstance(e, TableEncoding) else e(x) @ w.T for e, w in zip(encodings, weights)]
+    encoded: dict[int, torch.Tensor] = {}  # a shared encoding (the same module K times) is evaluated once
+    terms = []
+    for e, w in zip(encodings, weights):
+        if isinstance(e, TableEncoding):
+            terms.append(e.project(x, w))
+            continue
+        if id(e) not in encoded:
+            encoded[id(e)] = e(x)
+        terms.append(encoded[id(e)] @ w.T)
+    return terms
 
 
 ENCODINGS: dict[str, Callable[..., nn.Module]] = {

@@ -96,7 +96,7 @@ class EGNNLayer(hk.Module):
             enc_dim = self.encoding.dim
         elif enc_dim is None:
             raise ValueError("a layer without its own encoding needs enc_dim (the shared encoding's size)")
-        # the encoding's rows at their own fan-in (see posenc.torch.models.egnn.encoding_init_bound)
+        # the encoding's rows at their own fan-in (see posenc.encoding_defaults.encoding_init_bound)
         self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True,
                             first_w_init=block_uniform([2 * hidden, enc_dim], [1.0 / math.sqrt(2 * hidden + enc_dim),
                                                                                 encoding_init_bound(enc_dim)]),
@@ -131,13 +131,10 @@ class EGNNLayer(hk.Module):
         w, b = self.edge_mlp.linears[0].params(h.dtype)  # [2H + D, H], [H]
         receiver = h @ w[:hid] + b  # [A, H], the h_i part, once per atom
         sender = h @ w[hid:2 * hid]  # [A, H], the h_j part
-
-        def message(pre: jax.Array) -> jax.Array:
-            return jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre)))
-
         j, i = geometry.edge_index[0], geometry.edge_index[1]
         edge_mask = geometry.edge_mask[:, None].astype(h.dtype)  # [E, 1]
-        m = message(receiver[i] + sender[j] + pair_term) * edge_mask  # [E, H]
+        pre = receiver[i] + sender[j] + pair_term  # [E, H]
+        m = jax.nn.silu(self.edge_mlp.linears[1](jax.nn.silu(pre))) * edge_mask  # [E, H]
         agg = jax.ops.segment_sum(m, i, num_segments=n_atoms)  # [A, H]
         h = h + self.node_mlp(jnp.concatenate([h, agg], axis=-1))
         if self.update_coords:

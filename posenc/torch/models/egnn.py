@@ -26,6 +26,7 @@ between them with ``posenc.convert``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -81,7 +82,7 @@ def pair_geometry(pos: torch.Tensor, edge_index: torch.Tensor, dense_size: int |
     The dense layout (M molecules of n atoms, every ordered pair) replaces the gathers and
     scatters of an edge list, and their double backward, by broadcasts and sums, and encodes
     each unordered pair once: the fast path for MD17, whose batches are all of it
-    (:attr:`posenc.data.batching.Batch.dense_size`).
+    (:attr:`posenc.torch.batching.Batch.dense_size`).
     """
     if dense_size is None:
         vec, dist = edge_geometry(pos, edge_index)
@@ -89,12 +90,21 @@ def pair_geometry(pos: torch.Tensor, edge_index: torch.Tensor, dense_size: int |
     n = dense_size
     p = pos.view(-1, n, 3)  # [M, n, 3]
     vec = p[:, :, None, :] - p[:, None, :, :]  # [M, n(i), n(j), 3]
-    first, second = torch.triu_indices(n, n, offset=1, device=pos.device)  # [P] each
+    first, second, pair_of, mask = _dense_layout(n, pos.device, pos.dtype)
     dist = torch.linalg.vector_norm(p[:, first] - p[:, second], dim=-1)  # [M, P]
-    pair_of = torch.zeros(n, n, dtype=torch.int64, device=pos.device)
-    pair_of[first, second] = pair_of[second, first] = torch.arange(first.numel(), device=pos.device)
-    mask = (~torch.eye(n, dtype=torch.bool, device=pos.device)).to(pos.dtype)[:, :, None]  # [n, n, 1]
-    return PairGeometry(vec, dist, None, mask, pair_of.view(-1))
+    return PairGeometry(vec, dist, None, mask, pair_of)
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_layout(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The index tensors of the dense layout of n-atom molecules, built once per (n, device, dtype)
+    rather than in every forward: the unordered pairs ``first, second`` ``[P]``, the pair of each
+    ordered (i, j) ``[n * n]`` (the diagonal points at pair 0) and the off-diagonal mask ``[n, n, 1]``."""
+    first, second = torch.triu_indices(n, n, offset=1, device=device)  # [P] each
+    pair_of = torch.zeros(n, n, dtype=torch.int64, device=device)
+    pair_of[first, second] = pair_of[second, first] = torch.arange(first.numel(), device=device)
+    mask = (~torch.eye(n, dtype=torch.bool, device=device)).to(dtype)[:, :, None]  # [n, n, 1]
+    return first, second, pair_of.view(-1), mask
 
 
 class EGNNLayer(nn.Module):
