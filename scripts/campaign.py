@@ -20,16 +20,24 @@ Examples::
     python scripts/campaign.py --dry-run          # the plan and the state of each run
     python scripts/campaign.py                    # run (or resume) the whole campaign
     python scripts/campaign.py --molecules ethanol malonaldehyde aspirin benzene
+    python scripts/campaign.py --report           # README.md, table1.csv, paired.csv, curves
+
+The report (``--report``, also written after every run) reads only the committed files:
+``README.md`` (the tuning, Table 1 beside the paper's, the paired differences with their verdict,
+the failed runs, what is not run yet), ``table1.csv``, ``paired.csv`` and ``learning_curves.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,15 +121,15 @@ def _best_by_validation(specs: Sequence[run_grid.RunSpec], results_dir: Path) ->
       RuntimeError: every candidate finished flagged (the arm cannot be tuned).
     """
     scores = {}
-    for spec in specs:
+    for k, spec in enumerate(specs):
         state = run_grid.run_state(spec, results_dir)
         if state in ("todo", "conflict"):
             return None
         if state == "done":
-            scores[spec] = json.loads((results_dir / spec.rel_dir / "result.json").read_text())["best_val"]
+            scores[k] = json.loads((results_dir / spec.rel_dir / "result.json").read_text())["best_val"]
     if not scores:
         raise RuntimeError(f"every tuning run of {[str(s.rel_dir) for s in specs]} is flagged")
-    return min(scores, key=scores.__getitem__)
+    return specs[min(scores, key=scores.__getitem__)]
 
 
 def chosen_settings(results_dir: Path = RESULTS) -> dict[str, dict[str, float]]:
@@ -199,6 +207,239 @@ def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], log: Any
         trained += 1
 
 
+# ----------------------------------------------------------------------------------------------
+# The report (reads only committed files)
+
+#: The paper's Table 1 (EGNN rows and the Transformer's), beside ours.
+PAPER_TABLE = run_grid.DEFAULT_RESULTS / "paper_table1.csv"
+#: Arm pairs whose per-split difference is reported: (a, b) means a - b.
+PAIRS = (("posenc", "raw"), ("smooth", "posenc"), ("smooth", "raw"), ("posenc", "frozen"),
+         ("gaussian", "raw"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One finished main run: its test errors (meV/Angstrom, meV), setting and validation curve."""
+
+    molecule: str
+    backbone: str
+    arm: str
+    split: int
+    force_mae: float
+    energy_mae: float
+    best_val: float
+    lr: float
+    lam: float
+    epochs: int
+    cpu_seconds: float
+    flags: tuple[str, ...]
+    val_curve: tuple[float, ...]
+
+
+def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
+    """Every finished or flagged run under ``results_dir/runs`` (tuning runs only if ``tuning``)."""
+    runs = []
+    for path in sorted((results_dir / "runs").glob("md17-*/*/*/seed*/result.json")):
+        dataset_dir, backbone, arm, seed_dir = path.parts[-5:-1]
+        if arm.startswith("tune-") != tuning:
+            continue
+        result = json.loads(path.read_text())
+        if not result.get("finished") and not run_grid.is_flagged(result):
+            continue
+        info_path = path.parent / "run_info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        cfg, test = result["config"], result.get("test") or {}
+        runs.append(Run(dataset_dir.split("-", 1)[1], backbone, arm, int(seed_dir[4:]),
+                        test.get("force_mae", float("nan")), test.get("energy_mae", float("nan")),
+                        result.get("best_val", float("nan")), cfg["lr"], cfg["lam"], cfg["epochs"],
+                        info.get("cpu_seconds", float("nan")), tuple(result.get("flags", [])),
+                        tuple(h["val_force_mae"] for h in result.get("history", []))))
+    return runs
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "not run"
+    return f"{mean:.1f}" + (f" ± {std:.1f}" if n > 1 else "") + f" ({n})"
+
+
+def paper_rows(path: Path = PAPER_TABLE) -> dict[tuple[str, str, str], float]:
+    """``(molecule, backbone, arm) -> force MAE`` of the paper's Table 1 (its EGNN and Transformer rows)."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["backbone"] and row["arm"]:
+                out[(row["molecule"], row["backbone"], row["arm"])] = float(row["force_mae"])
+    return out
+
+
+def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Mean and std over splits of every (molecule, backbone, arm) with an unflagged run."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        if not run.flags:
+            groups.setdefault((run.molecule, run.backbone, run.arm), []).append(run)
+    paper = paper_rows()
+    rows = []
+    for (molecule, backbone, arm), members in sorted(groups.items()):
+        members.sort(key=lambda r: r.split)
+        force, force_std = _mean_std([r.force_mae for r in members])
+        energy, energy_std = _mean_std([r.energy_mae for r in members])
+        rows.append({"molecule": molecule, "backbone": backbone, "arm": arm, "n": len(members),
+                     "splits": " ".join(str(r.split) for r in members), "force_mae": force,
+                     "force_mae_std": force_std, "energy_mae": energy, "energy_mae_std": energy_std,
+                     "lr": members[0].lr, "lam": members[0].lam, "epochs": members[0].epochs,
+                     "cpu_minutes": float(np.mean([r.cpu_seconds for r in members])) / 60,
+                     "paper_force_mae": paper.get((molecule, backbone, arm), float("nan"))})
+    return rows
+
+
+def paired(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """The per-split force-MAE difference of every pair in :data:`PAIRS` with a common split.
+
+    A difference is ``real`` when it has the same sign on every split and its mean exceeds the
+    split-to-split spread (the larger std of the two arms over the common splits; needs >= 2
+    splits), ``within noise`` otherwise.
+    """
+    by_key = {(r.molecule, r.backbone, r.arm, r.split): r.force_mae for r in runs if not r.flags}
+    cases = sorted({(r.molecule, r.backbone) for r in runs})
+    rows = []
+    for molecule, backbone in cases:
+        for a, b in PAIRS:
+            splits = [s for s in SPLITS if (molecule, backbone, a, s) in by_key and (molecule, backbone, b, s) in by_key]
+            if not splits:
+                continue
+            fa = np.array([by_key[(molecule, backbone, a, s)] for s in splits])
+            fb = np.array([by_key[(molecule, backbone, b, s)] for s in splits])
+            diff = fa - fb
+            spread = max(float(fa.std(ddof=1)), float(fb.std(ddof=1))) if len(splits) > 1 else float("nan")
+            if len(splits) < 2:
+                verdict = "one split: no verdict"
+            elif (np.all(diff < 0) or np.all(diff > 0)) and abs(diff.mean()) > spread:
+                verdict = f"real: {a if diff.mean() < 0 else b} lower"
+            else:
+                verdict = "within noise"
+            rows.append({"molecule": molecule, "backbone": backbone, "a": a, "b": b,
+                         "splits": " ".join(map(str, splits)),
+                         "differences": " ".join(f"{d:+.2f}" for d in diff), "mean": float(diff.mean()),
+                         "spread": spread, "ratio_b_over_a": float(fb.mean() / fa.mean()), "verdict": verdict})
+    return rows
+
+
+def tuning_rows(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """Each tuning candidate's validation error, flags and whether it was chosen."""
+    chosen = chosen_settings(results_dir)
+    rows = []
+    for run in read_runs(results_dir, tuning=True):
+        arm = run.arm.split("-")[1]
+        setting = chosen.get(arm)
+        rows.append({"arm": arm, "lr": run.lr, "lam": run.lam, "epochs": run.epochs, "best_val": run.best_val,
+                     "flags": "; ".join(run.flags),
+                     "chosen": setting is not None and setting["lr"] == run.lr and setting["lam"] == run.lam})
+    order = {name: k for k, name in enumerate(ARMS)}
+    return sorted(rows, key=lambda r: (order[r["arm"]], r["lr"], r["lam"]))
+
+
+def plot_curves(runs: Sequence[Run], path: Path) -> bool:
+    """Validation force MAE against epoch (log-log) of every arm on split 1, one panel per molecule
+    and backbone. Returns False (and writes nothing) without finished runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r.molecule, r.backbone) for r in runs if r.split == 1 and r.val_curve})
+    if not cases:
+        return False
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.4), squeeze=False)
+    for ax, (molecule, backbone) in zip(axes[0], cases):
+        for arm in ARMS:
+            for run in runs:
+                if (run.molecule, run.backbone, run.arm, run.split) == (molecule, backbone, arm, 1) and run.val_curve:
+                    label = arm + (" (flagged)" if run.flags else "")
+                    ax.plot(np.arange(1, len(run.val_curve) + 1), run.val_curve, label=label, lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="epoch", title=f"{molecule}, {backbone}, split 1")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("validation force MAE (meV/Å)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES) -> None:
+    """``README.md``, ``table1.csv``, ``paired.csv`` and ``learning_curves.png`` of ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    runs = read_runs(results_dir)
+    rows, pairs, tuning = table1(runs), paired(runs), tuning_rows(results_dir)
+    run_grid.write_csv(results_dir / "table1.csv", rows)
+    run_grid.write_csv(results_dir / "paired.csv", pairs)
+    run_grid.write_csv(results_dir / "tuning.csv", tuning)
+    curves = plot_curves(runs, results_dir / "learning_curves.png")
+    planned = main_specs({arm: {"lr": 0.0, "lam": 0.0} for arm in ARMS}, molecules)
+    done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs}
+    cpu = sum(r.cpu_seconds for r in [*runs, *read_runs(results_dir, tuning=True)] if np.isfinite(r.cpu_seconds))
+    lines = ["# The converged campaign", "",
+             "Written by `scripts/campaign.py --report` from the committed runs (do not edit by hand). The",
+             "protocol, fixed before the first run, is [protocol.md](protocol.md). Force MAE in meV/Å, energy",
+             "MAE in meV, on each split's 1,000 test frames; `mean ± std (number of splits)`.", "",
+             f"{sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)} of "
+             f"{len(planned)} planned main runs and {len(tuning)} tuning runs are finished; they took "
+             f"{cpu / 3600:.1f} CPU-hours (one thread per run).", "", "## Tuning (ethanol split 1, validation force MAE)", ""]
+    if tuning:
+        lines += ["| arm | lr | λ | epochs | best validation force MAE | flags | chosen |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['lr']:g} | {r['lam']:g} | {r['epochs']} | {_fmt(r['best_val'], 2)} | "
+                  f"{r['flags'] or '-'} | {'yes' if r['chosen'] else ''} |" for r in tuning]
+    else:
+        lines.append("No tuning run has finished yet.")
+    cell = {(r["molecule"], r["backbone"], r["arm"]): r for r in rows}
+    paper = paper_rows()
+    for backbone, arms in (("egnn", EGNN_ARMS), ("transformer", TRANSFORMER_ARMS)):
+        for metric, unit in (("force_mae", "meV/Å"), ("energy_mae", "meV")):
+            title = f"## {backbone.upper() if backbone == 'egnn' else 'Transformer'}: test {metric.split('_')[0]} MAE ({unit})"
+            head = "| molecule | " + " | ".join(arms) + " |"
+            rule = "|---|" + "---|" * len(arms)
+            if metric == "force_mae":
+                head += " paper raw | paper +PosEnc | paper +Smooth |"
+                rule += "---|---|---|"
+            lines += ["", title, "", head, rule]
+            for molecule in PAPER_MOLECULES:
+                cells = []
+                for arm in arms:
+                    row = cell.get((molecule, backbone, arm))
+                    cells.append(_cell(row[metric], row[f"{metric}_std"], row["n"]) if row else "not run")
+                line = f"| {molecule} | " + " | ".join(cells) + " |"
+                if metric == "force_mae":
+                    line += " " + " | ".join(_fmt(paper.get((molecule, backbone, a), float("nan")))
+                                             for a in ("raw", "posenc", "smooth")) + " |"
+                lines.append(line)
+    lines += ["", "## Paired differences (force MAE, a - b on each split)", ""]
+    if pairs:
+        lines += ["| molecule | backbone | a - b | splits | per split | mean | spread | b / a | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['molecule']} | {p['backbone']} | {p['a']} - {p['b']} | {p['splits']} | {p['differences']} | "
+                  f"{p['mean']:+.2f} | {_fmt(p['spread'], 2)} | {p['ratio_b_over_a']:.2f} | {p['verdict']} |"
+                  for p in pairs]
+    else:
+        lines.append("No pair of arms shares a finished split yet.")
+    failed = [r for r in [*runs, *read_runs(results_dir, tuning=True)] if r.flags]
+    lines += ["", "## Failed (flagged) runs", ""]
+    lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split}: {'; '.join(r.flags)}" for r in failed] or ["None."]
+    if curves:
+        lines += ["", "## Learning curves", "", "![validation force MAE against epoch](learning_curves.png)"]
+    (results_dir / "README.md").write_text("\n".join(lines) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--molecules", nargs="+", default=list(DEFAULT_MOLECULES), choices=PAPER_MOLECULES,
@@ -207,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch-dir", type=Path, default=run_grid.DEFAULT_SCRATCH / "campaign",
                    help="checkpoints (git-ignored, never committed)")
     p.add_argument("--dry-run", action="store_true", help="list the runs planned now and their state")
+    p.add_argument("--report", action="store_true", help="only rewrite the report from the committed runs")
     return p
 
 
@@ -217,7 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{run_grid.run_state(spec, args.results_dir):8s} {spec.rel_dir}  "
                   f"lr={spec.config['lr']:g} lam={spec.config['lam']:g} epochs={spec.config['epochs']}")
         return 0
-    run(args.results_dir, args.scratch_dir, args.molecules, log=lambda line: print(line, flush=True))
+    if not args.report:
+        def log(line: str) -> None:
+            print(line, flush=True)
+            write_report(args.results_dir, args.molecules)
+
+        run(args.results_dir, args.scratch_dir, args.molecules, log=log)
+    write_report(args.results_dir, args.molecules)
     return 0
 
 

@@ -1,0 +1,114 @@
+"""Tests of scripts/campaign.py: the staged plan, the choice by validation error, the verdicts, the report."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_load("run_grid")
+campaign = _load("campaign")
+
+
+def _finish(results: Path, spec, best_val: float, force: float = 10.0, flags: tuple[str, ...] = (),
+            epochs: int = 3) -> None:
+    """Writes the files of a finished (or flagged) run as run_grid keeps them."""
+    out = results / spec.rel_dir
+    out.mkdir(parents=True, exist_ok=True)
+    history = [{"epoch": k + 1, "val_force_mae": best_val * (epochs - k)} for k in range(epochs)]
+    result = {"config": spec.config, "finished": True, "best_val": best_val, "history": history,
+              "test": {"force_mae": force, "energy_mae": force / 3}, "flags": list(flags),
+              "status": "flagged" if flags else "ok"}
+    (out / "result.json").write_text(json.dumps(result))
+    (out / "run_info.json").write_text(json.dumps({"cpu_seconds": 60.0}))
+
+
+def test_tuning_unlocks_the_later_stages(tmp_path):
+    first = campaign.plan(tmp_path)
+    assert [s.arm for s in first] == [s.arm for s in campaign.tune_specs()]  # nothing else is configurable
+    assert {s.config["epochs"] for s in first} == {campaign.TUNE_EPOCHS}
+    assert all(s.config["md17_labels"] == "md17" and s.config["md17_split"] == 1 for s in first)
+    vals = {3e-4: 30.0, 1e-3: 20.0, 3e-3: 25.0}
+    for spec in first:
+        if spec.arm.startswith("tune-posenc"):
+            _finish(tmp_path, spec, vals[spec.config["lr"]])
+    smooth = [s for s in campaign.plan(tmp_path) if s.arm.startswith("tune-smooth")]
+    assert [s.config["lam"] for s in smooth] == list(campaign.LAM_CANDIDATES)
+    assert {s.config["lr"] for s in smooth} == {1e-3}  # posenc's choice
+    main = [s for s in campaign.plan(tmp_path) if not s.arm.startswith("tune-")]
+    assert {s.arm for s in main} == {"posenc"}  # smooth waits for its lambda, the others for their rates
+    assert all(s.config["lr"] == 1e-3 and s.config["epochs"] == campaign.EPOCHS for s in main)
+
+
+def test_flagged_candidates_never_win_and_all_flagged_is_an_error(tmp_path):
+    specs = [s for s in campaign.tune_specs() if s.arm.startswith("tune-raw")]
+    _finish(tmp_path, specs[0], 5.0, flags=("stuck",))
+    _finish(tmp_path, specs[1], 9.0)
+    assert "raw" not in campaign.chosen_settings(tmp_path)  # one candidate still unfinished
+    _finish(tmp_path, specs[2], 7.0)
+    assert campaign.chosen_settings(tmp_path)["raw"]["lr"] == specs[2].config["lr"]
+    frozen = [s for s in campaign.tune_specs() if s.arm.startswith("tune-frozen")]
+    for spec in frozen:
+        _finish(tmp_path, spec, 1.0, flags=("spike",))
+    with pytest.raises(RuntimeError, match="flagged"):
+        campaign.chosen_settings(tmp_path)
+
+
+def test_main_plan_is_split_major_and_checks_molecules():
+    plan = campaign.main_plan()
+    splits = [split for molecule, split, backbone, _ in plan if backbone == "egnn" and molecule != "aspirin"]
+    assert splits == sorted(splits)
+    assert sum(1 for m, *_ in plan if m == "aspirin") == len(campaign.ASPIRIN_ARMS)
+    assert {(m, b) for m, _, b, _ in plan if b == "transformer"} == {("ethanol", "transformer")}
+    assert len(campaign.main_plan(["ethanol", "benzene"])) == 3 * 5 + 3 + 4
+    with pytest.raises(ValueError, match="unknown MD17 molecule"):
+        campaign.main_plan(["ethanol", "caffeine"])
+
+
+def _main(tmp_path, arm: str, split: int, force: float, flags: tuple[str, ...] = ()) -> None:
+    spec = campaign._spec("ethanol", split, "egnn", arm, {"encoding": "raw", "lam": 0.0, "lr": 1e-3,
+                                                          "epochs": campaign.EPOCHS})
+    _finish(tmp_path, spec, force, force=force, flags=flags)
+
+
+def test_paired_verdicts(tmp_path):
+    for split, (raw, posenc, frozen) in enumerate([(10.0, 8.0, 8.1), (11.0, 9.0, 8.9), (10.5, 8.5, 8.6)], 1):
+        _main(tmp_path, "raw", split, raw)
+        _main(tmp_path, "posenc", split, posenc)
+        _main(tmp_path, "frozen", split, frozen)
+    _main(tmp_path, "gaussian", 1, 12.0)
+    _main(tmp_path, "gaussian", 2, 99.0, flags=("stuck",))  # never averaged in
+    verdicts = {(p["a"], p["b"]): p for p in campaign.paired(campaign.read_runs(tmp_path))}
+    assert verdicts[("posenc", "raw")]["verdict"] == "real: posenc lower"
+    assert verdicts[("posenc", "raw")]["mean"] == pytest.approx(-2.0)
+    assert verdicts[("posenc", "frozen")]["verdict"] == "within noise"  # signs differ
+    assert verdicts[("gaussian", "raw")]["splits"] == "1"
+    assert verdicts[("gaussian", "raw")]["verdict"] == "one split: no verdict"
+    rows = {r["arm"]: r for r in campaign.table1(campaign.read_runs(tmp_path))}
+    assert rows["raw"]["n"] == 3 and rows["raw"]["force_mae"] == pytest.approx(10.5)
+    assert rows["raw"]["force_mae_std"] == pytest.approx(np.std([10, 11, 10.5], ddof=1))
+    assert rows["gaussian"]["n"] == 1 and rows["raw"]["paper_force_mae"] == pytest.approx(50.1)
+
+
+def test_report_names_failures_and_unrun_rows(tmp_path):
+    _main(tmp_path, "raw", 1, 10.0)
+    _main(tmp_path, "posenc", 1, 9.0, flags=("stuck",))
+    campaign.write_report(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| ethanol | 10.0 (1) | not run |" in text  # the flagged posenc run is not a result
+    assert "- ethanol egnn posenc split 1: stuck" in text
+    assert "| benzene | not run |" in text
+    assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
