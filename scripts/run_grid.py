@@ -25,11 +25,11 @@ Files: each run trains in the git-ignored scratch directory ``.scratch/`` (check
 deleted once the run is finished) and copies its small files to
 ``results/runs/<dataset>/<backbone>/<arm>/seed<k>/``: ``result.json``, ``metrics.csv`` and (for
 table encodings) ``encoding_tables.npz`` from the training code, and ``run_info.json`` (wall and
-CPU seconds, and for table encodings how far the tables moved from their initialisation). A finished run is skipped on the next call, an unfinished
-one resumes from its scratch checkpoint. A run flagged by :mod:`posenc.run_health` (stuck at the
-zero-prediction loss, a loss spike, a non-finite loss) has failed: it is not rerun, never enters a
-summary, and is listed as failed in the log and in ``results/README.md``. Then the finished,
-unflagged runs are aggregated into
+CPU seconds, and for table encodings how far the tables moved from their initialisation). A finished run is
+skipped on the next call, an unfinished one resumes from its scratch checkpoint. A run flagged by
+:mod:`posenc.run_health` (stuck at the zero-prediction loss, a loss spike, a non-finite loss) has failed: it
+is not rerun, never enters a summary, and is listed as failed in the log and in ``results/README.md``. Then the
+finished, unflagged runs are aggregated into
 ``results/md17_summary.csv`` / ``results/qm9_summary.csv`` (mean and sample std over seeds) and
 ``results/README.md`` (commands, versions, machine, budget, date, the tables).
 
@@ -61,7 +61,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -150,7 +151,8 @@ LONG_EPOCHS = 100
 
 def _long_arms() -> dict[str, Arm]:
     """raw, posenc and posenc-frozen trained ``LONG_EPOCHS`` epochs: does the picture change nearer convergence?"""
-    arms = {"raw": _main_arms()["raw"], "posenc": _main_arms()["posenc"], "posenc-frozen": _ablation_arms()["posenc-frozen"]}
+    arms = {"raw": _main_arms()["raw"], "posenc": _main_arms()["posenc"],
+            "posenc-frozen": _ablation_arms()["posenc-frozen"]}
     long = {f"{name}-long": dataclasses.replace(arm, config={**arm.config, "epochs": LONG_EPOCHS},
                                                 note=f"{arm.note}, {LONG_EPOCHS} epochs")
             for name, arm in arms.items()}
@@ -333,11 +335,6 @@ def expand_grid(*, md17_molecules: Sequence[str] = (), qm9_targets: Sequence[str
 # One run (in a worker process)
 
 
-def smoothness_ratio(values: np.ndarray) -> float:
-    """L_smooth of one table, ``sum_i ||h_{i+1} - h_i|| / sum_i ||h_i||`` (numpy, ``[n_bin, dim]``)."""
-    return float(np.linalg.norm(np.diff(values, axis=0), axis=1).sum() / np.linalg.norm(values, axis=1).sum())
-
-
 def pair_distances(mols: Any) -> np.ndarray:
     """Every interatomic distance inside each molecule of a :class:`posenc.data.molecules.Molecules` (Angstrom)."""
     out = []
@@ -386,6 +383,7 @@ def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
       ``distances`` ``bins_reached`` and ``values_rel_change_reached`` / ``_unreached``.
     """
     from posenc.init import initial_tables
+    from posenc.interpret import smoothness_loss
 
     with np.load(npz_path) as f:
         arrays = dict(f)
@@ -398,7 +396,7 @@ def table_movement(npz_path: str | os.PathLike, init: str = "sinusoidal",
         else:
             v0, s0 = initial_tables(init, values.shape[0], values.shape[1], x_min, x_max)
         row = {"layer": layer, "values_rel_change": _rel_change(values, v0),
-               "smooth_init": smoothness_ratio(v0), "smooth_final": smoothness_ratio(values)}
+               "smooth_init": smoothness_loss(v0), "smooth_final": smoothness_loss(values)}
         if distances is not None:
             reached = reached_bins(distances, values.shape[0], x_min, x_max)
             row["bins_reached"] = int(reached.sum())
@@ -467,8 +465,10 @@ def table_stats(spec: RunSpec, scratch: Path) -> list[dict[str, float]] | None:
     """:func:`table_movement` of a finished run's tables with its training distances; None without tables."""
     from posenc.training import TrainConfig, load_data
 
+    from posenc.encoding_defaults import TABLE_ENCODINGS
+
     path = scratch / "encoding_tables.npz"
-    if spec.config["encoding"] not in ("hermite", "linear") or not path.is_file():
+    if spec.config["encoding"] not in TABLE_ENCODINGS or not path.is_file():
         return None
     config = TrainConfig.from_dict({**spec.config, "progress": False})
     return table_movement(path, config.init or "sinusoidal", pair_distances(load_data(config)["train"]))
@@ -519,7 +519,8 @@ def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) ->
     for arm in MD17_ARMS:
         vals = {}
         for lr in LR_CANDIDATES:
-            path = results_dir / "runs" / f"md17-{molecule}" / "egnn" / f"{arm}-lr{lr:g}" / f"seed{seed}" / "result.json"
+            run = results_dir / "runs" / f"md17-{molecule}" / "egnn" / f"{arm}-lr{lr:g}"
+            path = run / f"seed{seed}" / "result.json"
             result = json.loads(path.read_text()) if path.is_file() else {}
             if not result.get("finished"):
                 raise RuntimeError(f"the lr study's run {arm} at lr {lr:g} is missing or unfinished ({path})")
@@ -651,12 +652,17 @@ def summarise(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
     metrics = ("force_mae", "energy_mae") if task == "md17" else ("mae",)
     order = {arm: k for k, arm in enumerate(ARMS)}  # an arm no longer defined sorts last
     out = []
-    for (dataset, backbone, arm), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], len(order)))):
+    def study_order(kv: tuple) -> tuple:
+        (dataset, backbone, arm), _ = kv
+        return dataset, backbone, order.get(arm, len(order))
+
+    for (dataset, backbone, arm), members in sorted(groups.items(), key=study_order):
         summary: dict[str, Any] = {
             "dataset": dataset, "name": dataset.split(":")[1], "backbone": backbone, "arm": arm,
             "note": ARMS[arm].note if arm in ARMS else "", "encoding": members[0]["encoding"],
             "lam": members[0]["lam"], "lr": members[0]["lr"], "epochs": members[0]["epochs"],
-            "n_seeds": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
+            "n_seeds": len(members),
+            "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
             "unit": members[0]["units"][0],
         }
         summary["val_mean"], summary["val_std"] = _mean_std([m["best_val"] for m in members])
@@ -700,7 +706,8 @@ def environment() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         versions["git"] = commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -763,7 +770,8 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
         lines.append("")
     if md17:
         lines += ["## MD17 (test force MAE meV/Å, energy MAE meV; mean ± std over splits)", "",
-                  "| molecule | backbone | arm | lr | epochs | splits | force MAE | energy MAE | table change (reached / unreached bins) |",
+                  "| molecule | backbone | arm | lr | epochs | splits | force MAE | energy MAE "
+                  "| table change (reached / unreached bins) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in md17:
             lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['lr']:g} | {r['epochs']} | {r['seeds']} | "
@@ -772,7 +780,8 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
         lines.append("")
     if qm9:
         lines += ["## QM9 (test MAE in the target's unit; mean ± std over seeds)", "",
-                  "| target | backbone | arm | lr | epochs | seeds | MAE | unit | table change (reached / unreached bins) |",
+                  "| target | backbone | arm | lr | epochs | seeds | MAE | unit "
+                  "| table change (reached / unreached bins) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in qm9:
             lines.append(f"| {r['name']} | {r['backbone']} | {r['arm']} | {r['lr']:g} | {r['epochs']} | {r['seeds']} | "
@@ -856,7 +865,8 @@ def write_engine_report(results_dir: Path) -> bool:
             force, target = test.get("force_mae", float("nan")), PROOF_TARGETS[arm]
             lines.append(f"| {mol} `{arm.removeprefix('proof-')}` | {'; '.join(res.get('flags', [])) or 'none'} | "
                          f"{force:.1f} | <= {target:g} | {'yes' if force <= target else 'no'} | "
-                         f"{test.get('energy_mae', float('nan')):.1f} | {res.get('best_epoch')} | {run['cpu'] / 60:.1f} |")
+                         f"{test.get('energy_mae', float('nan')):.1f} | {res.get('best_epoch')} | "
+                         f"{run['cpu'] / 60:.1f} |")
         lines += ["", "![validation force MAE against epoch](engine_proof_curves.png)"]
         _plot_proof_curves(proofs, results_dir / "engine_proof_curves.png")
     (results_dir / "engine.md").write_text("\n".join(lines) + "\n")
@@ -926,7 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the budget's torch device")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
-    p.add_argument("--scratch-dir", type=Path, default=DEFAULT_SCRATCH, help="checkpoints (git-ignored, never committed)")
+    p.add_argument("--scratch-dir", type=Path, default=DEFAULT_SCRATCH,
+                   help="checkpoints (git-ignored, never committed)")
     p.add_argument("--overwrite", action="store_true", help="rerun finished runs whose config differs")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     p.add_argument("--aggregate-only", action="store_true", help="only rewrite the summaries and README")

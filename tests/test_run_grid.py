@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from posenc.init import initial_tables
+from posenc.interpret import smoothness_loss
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
 _spec = importlib.util.spec_from_file_location("run_grid", SCRIPT)
@@ -149,7 +150,10 @@ def test_table_movement(tmp_path):
     assert layers[1]["slopes_rel_change"] == pytest.approx(0.5)
     # L_smooth is scale-invariant, and a constant table has none
     assert layers[1]["smooth_final"] == pytest.approx(layers[1]["smooth_init"])
-    assert grid.smoothness_ratio(np.ones((8, 3))) == 0.0
+    # the library's L_smooth (both sums over the first n - 1 rows), not a second definition
+    assert layers[0]["smooth_init"] == pytest.approx(smoothness_loss(v0))
+    assert smoothness_loss(v0) != pytest.approx(np.linalg.norm(np.diff(v0, axis=0), axis=1).sum()
+                                                / np.linalg.norm(v0, axis=1).sum())
 
 
 def test_table_movement_from_the_saved_initial_tables(tmp_path):
@@ -271,7 +275,7 @@ def test_engine_study_and_report(tmp_path):
     report = (tmp_path / "engine.md").read_text()
     rows = [line.split("|")[1:4] for line in report.splitlines() if line.startswith("| synthetic-md17 |")]
     assert [arm.strip() for _, arm, _ in rows] == ["`raw`", "`hermite`"]  # in the study's order
-    for (_, arm, flags), name in zip(rows, ("engine-raw", "engine-hermite")):
+    for (_, _arm, flags), name in zip(rows, ("engine-raw", "engine-hermite")):
         result = json.loads((runs / name / "seed1" / "result.json").read_text())
         assert flags.strip() == ("; ".join(result["flags"]) or "none")
     assert "| synthetic-md17 `raw` |" in report and "<= 12 |" in report
