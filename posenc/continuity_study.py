@@ -232,6 +232,14 @@ def nve(atoms: Atoms, *, timestep_fs: float, duration_fs: float, temperature_K: 
     return {"t_fs": t_fs, "e_pot": e_pot, "e_kin": e_kin}
 
 
+def first_table(model: torch.nn.Module) -> TableEncoding:
+    """The first table encoding among ``model``'s modules (an EGNN's first layer's)."""
+    enc = next((m for m in model.modules() if isinstance(m, TableEncoding)), None)
+    if enc is None:
+        raise ValueError(f"{type(model).__name__} has no table encoding")
+    return enc
+
+
 def table_jumps(model: torch.nn.Module, max_order: int = 2) -> list[float]:
     """Derivative jumps of a model's first table encoding across its interior bin centres.
 
@@ -239,9 +247,7 @@ def table_jumps(model: torch.nn.Module, max_order: int = 2) -> list[float]:
       ``[max_order + 1]`` largest jumps of h, dh/dx, d^2h/dx^2 over all dimensions
       (:func:`posenc.continuity.derivative_jumps` with its default ``eps``).
     """
-    enc = next((m for m in model.modules() if isinstance(m, TableEncoding)), None)
-    if enc is None:
-        raise ValueError(f"{type(model).__name__} has no table encoding")
+    enc = first_table(model)
 
     def evaluate(x: np.ndarray, order: int) -> np.ndarray:
         with torch.no_grad():
