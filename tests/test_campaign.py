@@ -106,9 +106,12 @@ def test_paired_verdicts(tmp_path):
 def test_report_names_failures_and_unrun_rows(tmp_path):
     _main(tmp_path, "raw", 1, 10.0)
     _main(tmp_path, "posenc", 1, 9.0, flags=("stuck",))
+    (tmp_path / "qm9_composition.csv").write_text(  # computed once from QM9, then read back
+        "target,unit,n_train,n_test,test_mae,test_std\nU0,meV,7643,1000,847.3,10278.6\n")
     campaign.write_report(tmp_path)
     text = (tmp_path / "README.md").read_text()
     assert "| ethanol | 10.0 (1) | not run |" in text  # the flagged posenc run is not a result
     assert "- ethanol egnn posenc split 1: stuck" in text
     assert "| benzene | not run |" in text
+    assert "| U0 | meV | 7643 | 1000 | 847.3 | 1.028e+04 |" in text
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
