@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
@@ -217,7 +217,7 @@ def nve(atoms: Atoms, *, timestep_fs: float, duration_fs: float, temperature_K: 
         raise ValueError(f"need 0 < timestep_fs <= duration_fs, got {timestep_fs} and {duration_fs}")
     run = atoms.copy()
     run.calc = atoms.calc
-    MaxwellBoltzmannDistribution(run, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    thermalize_momenta(run, temperature_K=temperature_K, rng=np.random.default_rng(seed))
     Stationary(run)
     ZeroRotation(run)
     dyn = VelocityVerlet(run, timestep=timestep_fs * units.fs)

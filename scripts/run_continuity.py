@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -159,6 +160,18 @@ def check_meta(args: argparse.Namespace) -> None:
                              "or write to another --results directory")
 
 
+def portable_command(argv: Sequence[str]) -> str:
+    """The command line, quoted, with absolute paths made relative to the repository (or, outside
+    it, reduced to their last part), so that the committed files name no machine-local path."""
+    def portable(arg: str) -> str:
+        path = Path(arg)
+        if not path.is_absolute():
+            return arg
+        return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else f"<elsewhere>/{path.name}"
+
+    return shlex.join(["python", "scripts/run_continuity.py", *map(portable, argv)])
+
+
 def write_meta(args: argparse.Namespace, argv: Sequence[str], stages: dict[str, float]) -> None:
     """``meta.json``: what made these results (its stage times merged with earlier invocations')."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -167,7 +180,7 @@ def write_meta(args: argparse.Namespace, argv: Sequence[str], stages: dict[str, 
     path = args.results / "meta.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"stage_cpu_seconds": {}}
     meta["stage_cpu_seconds"].update(stages)
-    meta.update({"command": "python scripts/run_continuity.py " + " ".join(argv), "budget": budget(args),
+    meta.update({"command": portable_command(argv), "budget": budget(args),
                  "environment": environment(),
                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     path.write_text(json.dumps(meta, indent=1) + "\n")
