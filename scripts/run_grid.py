@@ -744,8 +744,14 @@ def write_readme(results_dir: Path, invocations: list[dict[str, Any]], md17: lis
              "Written by `scripts/run_grid.py` (do not edit by hand). Each run's files are under",
              "`runs/<dataset>/<backbone>/<arm>/seed<k>/`: `result.json` (config, test errors in the paper's units),",
              "`metrics.csv` (one row per epoch) and `run_info.json` (time; how far the tables moved).",
-             "Checkpoints are not kept. MD17 seed k = published rMD17 split k (original MD17 labels).", "",
-             "## Arms", ""]
+             "Checkpoints are not kept. MD17 seed k = published rMD17 split k (original MD17 labels).", ""]
+    protocol = results_dir / "campaign" / "protocol.md"
+    if protocol.is_file():  # the converged campaign's protocol, quoted whole (its headings one level down)
+        lines += ["The converged campaign (`scripts/campaign.py`) keeps its runs and report in `campaign/`;",
+                  "its protocol, fixed before its first run:", ""]
+        lines += ["#" + line if line.startswith("#") else line for line in protocol.read_text().splitlines()]
+        lines.append("")
+    lines += ["## Arms of the reduced grid and its studies", ""]
     for name, arm in ARMS.items():
         changes = ", ".join(f"{k} = {v}" for k, v in arm.config.items())
         lines.append(f"- `{name}`: encoding `{arm.encoding}`, lambda = {arm.lam:g}, {changes}: {arm.note}")
