@@ -209,7 +209,10 @@ def nve(atoms: Atoms, *, timestep_fs: float, duration_fs: float, temperature_K: 
       seed: of the initial velocities.
 
     Returns:
-      ``{"t_fs", "e_pot", "e_kin"}``: ``[steps + 1]`` arrays, energies in eV, recorded every step.
+      ``{"t_fs", "e_pot", "e_kin"}``: ``[steps + 1]`` arrays, energies in eV, recorded every step,
+      and ``"stopped"``: None, or why the run ended early -- the calculator raised a ValueError
+      (e.g. a distance left the encoding's range) or the energy turned non-finite; the arrays then
+      end at the last finite step.
     """
     if atoms.calc is None:
         raise ValueError("atoms needs a calculator")
@@ -227,9 +230,18 @@ def nve(atoms: Atoms, *, timestep_fs: float, duration_fs: float, temperature_K: 
         rows.append((dyn.get_time() / units.fs, run.get_potential_energy(), run.get_kinetic_energy()))
 
     dyn.attach(record, interval=1)
-    dyn.run(int(round(duration_fs / timestep_fs)))
+    stopped = None
+    try:
+        dyn.run(int(round(duration_fs / timestep_fs)))
+    except ValueError as err:  # the model refused the geometry: keep the trajectory up to here
+        stopped = f"at {dyn.get_time() / units.fs:g} fs: {err}"
     t_fs, e_pot, e_kin = (np.array(col) for col in zip(*rows))
-    return {"t_fs": t_fs, "e_pot": e_pot, "e_kin": e_kin}
+    finite = np.isfinite(e_pot) & np.isfinite(e_kin)
+    if not finite.all():
+        end = int(np.argmin(finite))
+        stopped = stopped or f"at {t_fs[end]:g} fs: non-finite energy"
+        t_fs, e_pot, e_kin = t_fs[:end], e_pot[:end], e_kin[:end]
+    return {"t_fs": t_fs, "e_pot": e_pot, "e_kin": e_kin, "stopped": stopped}
 
 
 def first_table(model: torch.nn.Module) -> TableEncoding:
@@ -302,7 +314,7 @@ def toy_study(potential: PairPotential, train: PairCurve, *, x_range: tuple[floa
 
 
 def molecule_study(calc: Any, start: Atoms, *, timesteps_fs: Sequence[float], duration_fs: float,
-                   fd_steps: Sequence[float] = (1e-3, 1e-2), temperature_K: float = 300.0, seed: int = 0,
+                   fd_steps: Sequence[float] = (1e-3, 3e-3, 1e-2), temperature_K: float = 300.0, seed: int = 0,
                    fmax: float = 1e-3, relax_steps: int = 500, n_keep: int = 2000,
                    progress: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Relaxation, harmonic frequencies and NVE energy conservation of one model.
@@ -327,7 +339,8 @@ def molecule_study(calc: Any, start: Atoms, *, timesteps_fs: Sequence[float], du
     Returns:
       ``(summary, traces)``: ``summary`` has ``relax`` ({converged, steps, fmax}),
       ``frequencies`` (step -> ``[3N - 6]`` cm^-1, ascending) and ``nve`` (one dict per time step:
-      ``timestep_fs``, ``steps``, ``temperature_K`` (mean kinetic), and ``by_length``, a list of
+      ``timestep_fs``, ``steps``, ``stopped`` (see :func:`nve`), ``temperature_K`` (mean
+      kinetic), and ``by_length``, a list of
       ``{"length_fs", "drift_meV_per_ps", "fluctuation_meV", "max_deviation_meV",
       "final_deviation_meV"}``); ``traces`` has ``dt<step>_t_fs``, ``dt<step>_dE_meV`` (thinned
       to ``n_keep``) and ``dt<step>_running_max_meV`` (the same samples of
@@ -356,7 +369,7 @@ def molecule_study(calc: Any, start: Atoms, *, timesteps_fs: Sequence[float], du
                               "fluctuation_meV": stats["fluctuation"], "max_deviation_meV": stats["max_deviation"],
                               "final_deviation_meV": stats["final_deviation"]})
         kinetic_k = 2.0 * run["e_kin"].mean() / (3.0 * n_atoms * units.kB)  # equipartition temperature
-        summary["nve"].append({"timestep_fs": float(dt), "steps": int(t_fs.size - 1),
+        summary["nve"].append({"timestep_fs": float(dt), "steps": int(t_fs.size - 1), "stopped": run["stopped"],
                                "temperature_K": float(kinetic_k), "by_length": by_length})
         idx = np.unique(np.linspace(0, t_fs.size - 1, min(n_keep, t_fs.size)).round().astype(int))  # thinned
         traces[f"dt{dt:g}_t_fs"] = t_fs[idx]

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='further TrainConfig fields as JSON, e.g. \'{"n_train": 50}\' (the same for every encoding)')
     p.add_argument("--timesteps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="NVE time steps, fs")
     p.add_argument("--nve-fs", type=float, default=2000.0, help="simulated time of each NVE run, fs")
-    p.add_argument("--fd-steps", type=float, nargs="+", default=[1e-3, 1e-2],
+    p.add_argument("--fd-steps", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
                    help="finite-difference displacements of the Hessian, Angstrom")
     p.add_argument("--toy-steps", type=int, default=4000, help="optimiser steps of every toy fit")
     p.add_argument("--toy-seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -250,8 +250,26 @@ def test_nve_energy_error_is_second_order_in_the_time_step():
         errors[dt] = np.abs(e_tot - e_tot[0]).max()
     assert 3.0 < errors[1.0] / errors[0.5] < 5.0  # Verlet: error ~ dt^2
     np.testing.assert_allclose(atoms.positions, _morse_triangle().positions)  # the input is not moved
+    assert run["stopped"] is None
     with pytest.raises(ValueError, match="timestep"):
         nve(atoms, timestep_fs=2.0, duration_fs=1.0)
+
+
+def test_nve_keeps_the_trajectory_up_to_a_refused_geometry():
+    class Fence(MorsePotential):  # refuses the 50th geometry, as an encoding refuses a distance off its range
+        calls = 0
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            Fence.calls += 1
+            if Fence.calls == 50:
+                raise ValueError("x outside the encoding range")
+            super().calculate(atoms, properties, system_changes)
+
+    atoms = _morse_triangle()
+    atoms.calc = Fence(epsilon=1.0, rho0=6.0, r0=1.3)
+    run = nve(atoms, timestep_fs=1.0, duration_fs=200.0, seed=0)
+    assert "outside the encoding range" in run["stopped"]
+    assert 0 < run["t_fs"][-1] < 200.0 and np.isfinite(run["e_pot"]).all()
 
 
 def test_molecule_study_summary(tmp_path):
