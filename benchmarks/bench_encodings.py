@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -94,7 +94,7 @@ def rows(n: int, repeats: int) -> list[dict]:
     for flush in (False, True):
         torch.set_flush_denormal(flush)
         for dim in (32, 64, 128):
-            copy = timed(lambda: torch.empty(n, dim).clone(), repeats)
+            copy = timed(lambda dim=dim: torch.empty(n, dim).clone(), repeats)
             cases: list[tuple[str, int | str, nn.Module]] = []
             for n_bin in (64, 256):
                 h = HermiteEncoding(n_bin, dim, X_MIN, X_MAX)
@@ -102,7 +102,8 @@ def rows(n: int, repeats: int) -> list[dict]:
                 if n_bin == 64:
                     cases.append(("hermite (4 gathers)", n_bin, FourGatherHermite(h)))
             cases.append(("linear", 64, LinearEncoding(64, dim, X_MIN, X_MAX)))
-            cases.append(("gaussian-50 + Linear", "-", nn.Sequential(GaussianEncoding(50, X_MIN, X_MAX), nn.Linear(50, dim))))
+            gaussian = nn.Sequential(GaussianEncoding(50, X_MIN, X_MAX), nn.Linear(50, dim))
+            cases.append(("gaussian-50 + Linear", "-", gaussian))
             cases.append(("bessel-8 + Linear", "-", nn.Sequential(BesselEncoding(8, X_MAX), nn.Linear(8, dim))))
             for name, n_bin, module in cases:
                 fwd, fb = bench(module, x, repeats)

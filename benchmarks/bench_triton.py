@@ -40,7 +40,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -194,7 +194,8 @@ def scatter_table(n: int, dim: int, n_bins: list[int]) -> list[str]:
         for name, x in [("uniform", X_MIN + (X_MAX - X_MIN) * torch.rand(n, generator=gen, device="cuda")),
                         ("one bin", X_MIN + delta * (3 + torch.rand(n, generator=gen, device="cuda")))]:
             args = (x, g, offsets, HERMITE_POWER_COEFFS, 0, X_MIN, delta, n_bin, 2 * n_bin)
-            ms = [1e3 * cuda_time(lambda s=s: kernels.scatter(*args, sort=s), 10) for s in (False, True, None)]
+            ms = [1e3 * cuda_time(lambda s=s, args=args: kernels.scatter(*args, sort=s), 10)
+                  for s in (False, True, None)]
             block_e, _ = kernels._blocks(dim, max_d=64)
             sorts = block_e * (n_bin - 1) <= (kernels.SCATTER_MAX_BINS - 1) * n
             line = f"| {name} | {n_bin} | {ms[0]:.3f} | {ms[1]:.3f} | {ms[2]:.3f} ({'yes' if sorts else 'no'}) |"

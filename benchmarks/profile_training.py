@@ -110,7 +110,8 @@ def profile_haiku(args: argparse.Namespace, train) -> str:  # type: ignore[no-un
     return "\n".join([f"## {args.label}: Haiku EGNN 4x64 + {args.encoding}, ethanol, batch 16, one thread", "",
                       f"{total * 1e3:.1f} CPU-ms per step after compilation (mean of {args.steps} steps).", "",
                       "| part | CPU-ms per step | share |", "|---|---|---|",
-                      f"| collate (host, numpy -> device arrays) | {collate_s * 1e3:.2f} | {100 * collate_s / total:.1f}% |",
+                      f"| collate (host, numpy -> device arrays) | {collate_s * 1e3:.2f} | "
+                      f"{100 * collate_s / total:.1f}% |",
                       f"| jitted update (forces, double backward, Adam) | {update_s * 1e3:.2f} | "
                       f"{100 * update_s / total:.1f}% |"]) + "\n"
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from ase.calculators.calculator import Calculator, all_changes
 from torch import nn
 
@@ -72,7 +72,7 @@ class PosencCalculator(Calculator):
 
     @classmethod
     def from_run(cls, out_dir: str | Path, checkpoint: str = "best", *, energy_unit: str | None = None,
-                 device: str = "cpu", **kwargs: Any) -> "PosencCalculator":
+                 device: str = "cpu", **kwargs: Any) -> PosencCalculator:
         """The calculator of a training run's output directory (``result.json`` + a checkpoint).
 
         Args:

@@ -3,8 +3,8 @@
 Naming rule (the two backends are written to follow it): torch submodule ``a`` of a module that
 Haiku calls ``name`` is the Haiku module ``name/~/a`` -- Haiku's name for a submodule constructed
 in the parent's ``__init__`` (as ``hk.nets.MLP`` does), so Haiku modules build their submodules
-there; list items ``layers.0`` become ``layers_0``. ``nn.Linear`` weights ``[out, in]`` map to Haiku's ``w`` ``[in, out]`` and ``bias``
-to ``b``; every other parameter keeps its name (``values``, ``slopes``, ...).
+there; list items ``layers.0`` become ``layers_0``. ``nn.Linear`` weights ``[out, in]`` map to Haiku's
+``w`` ``[in, out]`` and ``bias`` to ``b``; every other parameter keeps its name (``values``, ``slopes``, ...).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ stopping an evaluation.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 

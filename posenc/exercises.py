@@ -45,7 +45,8 @@ import sys
 import textwrap
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -268,8 +269,8 @@ def _fmt(v: float) -> str:
 
 
 def _list(xs: np.ndarray, limit: int = 5) -> str:
-    xs = [_fmt(v) for v in np.atleast_1d(xs)]
-    return ", ".join(xs[:limit]) + (f", ... ({len(xs)} in all)" if len(xs) > limit else "")
+    shown = [_fmt(v) for v in np.atleast_1d(xs)]
+    return ", ".join(shown[:limit]) + (f", ... ({len(shown)} in all)" if len(shown) > limit else "")
 
 
 def _report_crash(result: CheckResult, err: _AnswerFailed, call: str) -> CheckResult:
@@ -505,7 +506,7 @@ def _check_table(result: CheckResult, fn: Callable[..., Any], grid: _Grid, value
     result.add(bool(np.isfinite(got[~raised]).all()), "finite everywhere", "returns NaN or inf")
 
     n_bin = grid.n_bin
-    at_c, inner = got[:n_bin], got[n_bin:].reshape(n_bin - 1, len(_T_FIT), dim)
+    at_c = got[:n_bin]
     ok_c = _close(at_c, values).all(axis=1) | raised[:n_bin]
     result.add(bool(ok_c.all()), "h(c_i) = values[i] at every centre c_i",
                f"h(c_i) ≠ values[i] at x = {_list(grid.centres[~ok_c])}")
@@ -585,7 +586,7 @@ def check_linear_interpolation(fn: Callable[..., Any], *, n_bin: int = 6, dim: i
                f"differs from the reference at {int(bad.sum())} of {len(x)} points")
     if not result.passed:
         args = (values, None, grid.x_min, grid.x_max)
-        _name_mistake(result, got, x, [
+        named = _name_mistake(result, got, x, [
             ({"t_unscaled": True}, _t_hint(grid.delta)),
             ({"swap_values": True}, "the weights are swapped: h_i gets (1 - t) and h_{i+1} gets t"),
             ({"step": True}, "your h is constant on each interval (values[i] of the centre on the left): "
@@ -593,7 +594,9 @@ def check_linear_interpolation(fn: Callable[..., Any], *, n_bin: int = 6, dim: i
             ({"step": True, "index": "round"}, "your h is the value of the nearest centre: "
                                                "interpolate between the two centres around x instead"),
             ({"n_intervals": n_bin}, "Δ = (x_max - x_min)/(n_bin - 1): n_bin centres make n_bin - 1 intervals"),
-        ], args) or _centre_hints(result, got, values, grid)
+        ], args)
+        if not named:
+            _centre_hints(result, got, values, grid)
     return result
 
 

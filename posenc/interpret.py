@@ -86,7 +86,7 @@ def _check_table(values: Any, slopes: Any, x_min: Any, x_max: Any, curvatures: A
     check_grid(v.shape[0], float(x_min), float(x_max))
     if not np.all(np.isfinite(v)):
         raise ValueError("values contain NaN or inf")
-    extra = {}
+    extra: dict[str, np.ndarray | None] = {}
     for name, table in (("slopes", slopes), ("curvatures", curvatures)):
         extra[name] = None
         if table is not None:

@@ -154,6 +154,6 @@ class RunHealth:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "RunHealth":
+    def from_state(cls, state: dict[str, Any]) -> RunHealth:
         """The watcher saved by :meth:`state` (a resumed run continues its window and counts)."""
         return cls(**state)

@@ -40,7 +40,8 @@ rows (:func:`stacked_rows`), and on interval i weight rows ``i + offset_b``
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Literal
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def bspline_interpolation_matrix(n_bin: int) -> np.ndarray:
     return np.linalg.inv(a)
 
 
-def stacked_rows(form: str, delta: float, tables: dict[str, np.ndarray]) -> np.ndarray:
+def stacked_rows(form: str, delta: float, tables: Mapping[str, np.ndarray | None]) -> np.ndarray:
     """The stacked ``[R, D]`` numpy table of ``form`` from its ``[n_bin, D]`` tables (float64).
 
     Table k of :data:`TABLE_FORMS` (values, slopes, curvatures) is a physical k-th derivative, so

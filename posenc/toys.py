@@ -140,7 +140,7 @@ class PairPotential:
     def __call__(self, r: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         return self.evaluate(r)
 
-    def __add__(self, other: "PairPotential") -> "SumPotential":
+    def __add__(self, other: PairPotential) -> SumPotential:
         if not isinstance(other, PairPotential):
             return NotImplemented
         return SumPotential((self, other))

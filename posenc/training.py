@@ -145,7 +145,7 @@ class TrainConfig:
     progress: bool = True
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """A config from a dict (e.g. a YAML file), rejecting unknown keys by name."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -176,9 +176,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
     out = TrainConfig(**values)
     parse_dataset(out.dataset)
     checks = [
-        (out.backbone in ("egnn", "transformer", "dimenet"), f"backbone must be egnn|transformer|dimenet, got {out.backbone!r}"),
+        (out.backbone in ("egnn", "transformer", "dimenet"),
+         f"backbone must be egnn|transformer|dimenet, got {out.backbone!r}"),
         (out.backend in ("torch", "haiku"), f"backend must be torch|haiku, got {out.backend!r}"),
-        (out.backend == "torch" or out.backbone == "egnn", f"the haiku backend has the EGNN only, not {out.backbone!r}"),
+        (out.backend == "torch" or out.backbone == "egnn",
+         f"the haiku backend has the EGNN only, not {out.backbone!r}"),
         (out.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {out.schedule!r}"),
         (out.optimizer in ("adam", "adamw"), f"optimizer must be adam|adamw, got {out.optimizer!r}"),
         (out.loss in ("mse", "l1"), f"loss must be mse|l1, got {out.loss!r}"),
@@ -188,7 +190,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (out.lam >= 0, f"lambda must be >= 0, got {out.lam}"),
         (out.lr > 0, f"lr must be > 0, got {out.lr}"),
         (out.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {out.warmup_epochs}"),
-        (out.table_lr_scale > 0, f"table_lr_scale must be > 0 (freeze_tables=True stops the tables), got {out.table_lr_scale}"),
+        (out.table_lr_scale > 0,
+         f"table_lr_scale must be > 0 (freeze_tables=True stops the tables), got {out.table_lr_scale}"),
         (not (out.freeze_tables or out.table_lr_scale != 1.0) or out.encoding in TABLE_ENCODINGS,
          f"freeze_tables / table_lr_scale need a table encoding {TABLE_ENCODINGS}, not {out.encoding!r}"),
     ]
@@ -407,7 +410,8 @@ def save_encoding_tables(path: str | os.PathLike, tables: list[dict[str, np.ndar
     so how far training moved the tables is known for any initialisation, random ones included.
     ``form`` (``posenc.spline.TABLE_FORMS``) tells a B-spline's control values from a linear table.
     """
-    arrays: dict[str, np.ndarray] = {"x_min": np.asarray(x_min), "x_max": np.asarray(x_max)}
+    # Any: np.savez's stubs read a **dict[str, ndarray] as a possible allow_pickle=
+    arrays: dict[str, Any] = {"x_min": np.asarray(x_min), "x_max": np.asarray(x_max)}
     if form is not None:
         arrays["form"] = np.asarray(form)
     for prefix, layers in (("", tables), ("init_", initial or [])):

@@ -47,7 +47,7 @@ EXPLORER = ".posenc-static-explorer"
 # Runs in the page: the explorer's sliders (description, readout) and the visible image's SHA-256.
 STATE_JS = """
 (async () => {
-  const box = document.querySelector("%(sel)s");
+  const box = document.querySelector("__EXPLORER__");
   if (!box) return {found: false};
   const sliders = [...box.querySelectorAll(".widget-hslider")].map(s => ({
     label: (s.querySelector(".widget-label") || {}).textContent || "",
@@ -62,18 +62,18 @@ STATE_JS = """
   }
   return {found: true, sliders: sliders, images: shown.length, hash: hash};
 })()
-""" % {"sel": EXPLORER}
+""".replace("__EXPLORER__", EXPLORER)
 
 # Runs in the page: centre of the k-th slider's handle (to focus it with a click) and its position.
 HANDLE_JS = """
 (() => {
-  const h = document.querySelectorAll("%(sel)s .widget-hslider .noUi-handle")[%%d];
+  const h = document.querySelectorAll("__EXPLORER__ .widget-hslider .noUi-handle")[__INDEX__];
   h.scrollIntoView({block: "center"});
   const r = h.getBoundingClientRect();
   return {x: r.left + r.width / 2, y: r.top + r.height / 2,
           now: Number(h.getAttribute("aria-valuenow")), max: Number(h.getAttribute("aria-valuemax"))};
 })()
-""" % {"sel": EXPLORER}
+""".replace("__EXPLORER__", EXPLORER)
 
 
 class CheckFailed(Exception):
@@ -118,7 +118,7 @@ class DevTools:
         self.conn, self.next_id = conn, 0
 
     @classmethod
-    async def connect(cls, url: str) -> "DevTools":
+    async def connect(cls, url: str) -> DevTools:
         return cls(await websocket_connect(url, max_message_size=256 * 1024 * 1024))
 
     async def call(self, method: str, **params) -> dict:
@@ -208,7 +208,7 @@ async def move(dev: DevTools, index: int, before: dict, timeout: float) -> dict:
 
     Steps right unless the handle already sits at the right end.
     """
-    pos = await dev.evaluate(HANDLE_JS % index)
+    pos = await dev.evaluate(HANDLE_JS.replace("__INDEX__", str(index)))
     await dev.click(pos["x"], pos["y"])  # focuses the handle (a click on its centre does not move it)
     await dev.press(*(("ArrowRight", 39) if pos["now"] < pos["max"] else ("ArrowLeft", 37)))
     name = before["sliders"][index]["label"]
@@ -248,7 +248,8 @@ async def check(url: str, chromium_port: int, expected: dict[tuple[str, str], st
         raise CheckFailed(f"expected three different images, saw {len(hashes)}")
     for state in (start, lam, n_bin):
         check_shown(state, expected)
-    report.append(f"all three match the embedded state's images for their readouts ({len(expected)} images in the grid)")
+    report.append("all three match the embedded state's images for their readouts "
+                  f"({len(expected)} images in the grid)")
     dev.conn.close()
     return report
 

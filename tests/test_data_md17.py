@@ -2,7 +2,6 @@
 
 import functools
 import hashlib
-import io
 import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer

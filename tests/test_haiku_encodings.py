@@ -160,7 +160,7 @@ def test_baselines_agree_with_torch(x64):
         ),
     ]
     for t_enc, make, name in cases:
-        f = hk.without_apply_rng(hk.transform(lambda x: make()(x)))
+        f = hk.without_apply_rng(hk.transform(lambda x, make=make: make()(x)))
         params = f.init(jax.random.PRNGKey(0), jnp.asarray(x))
         if name is not None:
             params = torch_to_haiku(t_enc, name)

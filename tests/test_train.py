@@ -20,13 +20,15 @@ TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, p
 
 def md17_like(seed=0):
     """Same-size molecules with energies and forces, like an MD17 molecule's frames."""
-    return {part: random_molecules([5] * n, seed=seed + k) for k, (part, n) in enumerate([("train", 12), ("val", 4), ("test", 4)])}
+    sizes = [("train", 12), ("val", 4), ("test", 4)]
+    return {part: random_molecules([5] * n, seed=seed + k) for k, (part, n) in enumerate(sizes)}
 
 
 def qm9_like(seed=0):
     """Molecules of different sizes with two targets and no forces."""
     sizes = {"train": [3, 4, 5, 6] * 3, "val": [4, 5, 3, 6], "test": [5, 3, 4, 6]}
-    return {part: random_molecules(s, seed=seed + k, forces=False, n_targets=2) for k, (part, s) in enumerate(sizes.items())}
+    return {part: random_molecules(s, seed=seed + k, forces=False, n_targets=2)
+            for k, (part, s) in enumerate(sizes.items())}
 
 
 def losses(history):
@@ -86,7 +88,8 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(tmp_path):
         train(TrainConfig(resume=True, **{**config, "out_dir": str(tmp_path / "none")}), data)
 
 
-@pytest.mark.parametrize("backbone,schedule,encoding", [("egnn", "plateau", "gaussian"), ("transformer", "cosine", "raw")])
+@pytest.mark.parametrize("backbone,schedule,encoding",
+                         [("egnn", "plateau", "gaussian"), ("transformer", "cosine", "raw")])
 def test_property_task_without_forces(tmp_path, backbone, schedule, encoding):
     kwargs = {**TINY, "encoding_kwargs": {}}
     result = train(TrainConfig(dataset="qm9:toy", backbone=backbone, schedule=schedule, encoding=encoding, epochs=2,

@@ -79,7 +79,7 @@ class Molecules:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([np.arange(o, o + n) for o, n in zip(self.offsets[idx], self.n_atoms[idx])])
 
-    def subset(self, idx: np.ndarray) -> "Molecules":
+    def subset(self, idx: np.ndarray) -> Molecules:
         """The molecules ``idx`` (a non-empty index array), as a new :class:`Molecules`."""
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:

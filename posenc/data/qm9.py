@@ -25,6 +25,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def read_qm9_csv(paths: Sequence[str | os.PathLike], limit: int | None = None, p
     Raises:
       ValueError: a missing column, inconsistent atom counts, unknown element, repeated id, NaN.
     """
-    ids, z, xyz, raw, n_atoms = [], [], [], [], []
+    ids: list[int] = []
+    z, xyz, raw, n_atoms = [], [], [], []
     with tqdm(total=limit or N_QM9, desc="parsing QM9", unit="mol", disable=not progress) as bar:
         for path in paths:
             with open(path, newline="") as f:
@@ -216,7 +218,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 def write_cache(path: str | os.PathLike, data: QM9Data, stamp: dict[str, int]) -> None:
     """Writes ``data`` to an uncompressed ``.npz`` atomically, with version, source stamp and SHA-256."""
-    arrays = data.arrays()
+    arrays: dict[str, Any] = data.arrays()  # Any: np.savez's stubs take no ndarray dict
     arrays["z"] = arrays["z"].astype(np.uint8)  # Z <= 9: one byte per atom keeps the cache small
     meta = {"version": CACHE_VERSION, "source": stamp, "sha256": _digest(arrays), "targets": list(QM9_TARGETS)}
     with atomic_open(path) as f:
@@ -302,7 +304,7 @@ def split_sizes(split: Split, n_total: int) -> tuple[int, int, int]:
     elif split == "dimenet":
         sizes = (110_000, 10_000, n_total - 120_000)
     elif isinstance(split, tuple) and len(split) == 3 and all(isinstance(s, (int, np.integer)) for s in split):
-        sizes = tuple(int(s) for s in split)
+        sizes = (int(split[0]), int(split[1]), int(split[2]))
     else:
         raise ValueError(f"split must be 'egnn', 'dimenet' or (n_train, n_val, n_test), got {split!r}")
     if min(sizes) < 1 or sum(sizes) > n_total:

@@ -10,7 +10,8 @@ silently clamped number.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, cast
+from collections.abc import Callable, Sequence
 
 import haiku as hk
 import jax
@@ -48,10 +49,10 @@ def _nan_where(bad: jax.Array, out: jax.Array) -> jax.Array:
     return jnp.where(bad[:, None], jnp.nan, out)
 
 
-def _constant(array: np.ndarray) -> Callable[[tuple[int, ...], Any], jax.Array]:
+def _constant(array: np.ndarray) -> hk.initializers.Initializer:
     """A Haiku initializer returning a precomputed numpy table."""
 
-    def init(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    def init(shape: Sequence[int], dtype: Any) -> jax.Array:
         if tuple(shape) != array.shape:
             raise ValueError(f"initial table has shape {array.shape}, parameter wants {tuple(shape)}")
         return jnp.asarray(array, dtype=dtype)
@@ -87,8 +88,8 @@ class TableEncoding(hk.Module):
         names = TABLE_FORMS[self.form]
         shape = [self.n_bin, self.dim]
 
-        def precomputed(name: str) -> Callable[[tuple[int, ...], Any], jax.Array]:
-            def init(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        def precomputed(name: str) -> hk.initializers.Initializer:
+            def init(shape: Sequence[int], dtype: Any) -> jax.Array:
                 tables = initial_form_tables(self.form, self.init, self.n_bin, self.dim, self.x_min, self.x_max,
                                              scale=self.init_scale)
                 return _constant(tables[name])(shape, dtype)
@@ -96,7 +97,7 @@ class TableEncoding(hk.Module):
             return init
 
         if self.init == "normal":
-            inits = [hk.initializers.RandomNormal(stddev=self.init_scale)]
+            inits: list[hk.initializers.Initializer] = [hk.initializers.RandomNormal(stddev=self.init_scale)]
             inits += [hk.initializers.Constant(0.0)] * (len(names) - 1)
         else:
             inits = [precomputed(name) for name in names]
@@ -313,7 +314,8 @@ class BesselEncoding(hk.Module):
         check_dim(n_basis)
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0, got {cutoff}")
-        self.dim, self.cutoff, self.p, self.trainable = int(n_basis), float(cutoff), int(envelope_exponent) + 1, trainable
+        self.dim, self.cutoff, self.trainable = int(n_basis), float(cutoff), trainable
+        self.p = int(envelope_exponent) + 1
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``[...]`` -> ``[..., n_basis]``."""
@@ -360,9 +362,11 @@ def project_all(encodings: Sequence[hk.Module], weights: Sequence[jax.Array], x:
     if len(encodings) != len(weights):
         raise ValueError(f"got {len(encodings)} encodings but {len(weights)} weights")
     first = encodings[0] if encodings else None
-    if isinstance(first, TableEncoding) and all(first.same_grid(e) for e in encodings):
+    on_grid = [e for e in encodings if isinstance(e, TableEncoding) and isinstance(first, TableEncoding)
+               and first.same_grid(e)]
+    if isinstance(first, TableEncoding) and len(on_grid) == len(encodings):
         dtype = jnp.asarray(x).dtype
-        tables = [e.stacked_table(dtype) @ w for e, w in zip(encodings, weights)]  # K x [R, out_k]
+        tables = [e.stacked_table(dtype) @ w for e, w in zip(on_grid, weights)]  # K x [R, out_k]
         out = first.interpolate_table(x, jnp.concatenate(tables, axis=1))  # [..., sum out_k]
         return jnp.split(out, np.cumsum([w.shape[1] for w in weights])[:-1].tolist(), axis=-1)
     encoded: dict[int, jax.Array] = {}  # a shared encoding (the same module K times) is evaluated once
@@ -372,7 +376,7 @@ def project_all(encodings: Sequence[hk.Module], weights: Sequence[jax.Array], x:
             terms.append(e.project(x, w))
             continue
         if id(e) not in encoded:
-            encoded[id(e)] = e(x)
+            encoded[id(e)] = cast(Callable[[jax.Array], jax.Array], e)(x)  # hk.Module declares no __call__
         terms.append(encoded[id(e)] @ w)
     return terms
 
@@ -394,3 +398,15 @@ def make_encoding(name: str, **kwargs: Any) -> hk.Module:
     if name not in ENCODINGS:
         raise ValueError(f"unknown encoding {name!r}; choose one of {sorted(ENCODINGS)}")
     return ENCODINGS[name](**kwargs)
+
+
+def encoding_dim(encoding: hk.Module) -> int:
+    """The output size ``dim`` of an encoding (every posenc encoding has one).
+
+    Raises:
+      TypeError: ``encoding`` has no integer ``dim`` (not a posenc encoding).
+    """
+    dim = getattr(encoding, "dim", None)
+    if not isinstance(dim, int):
+        raise TypeError(f"encoding must expose an int .dim (a posenc encoding), got {type(encoding).__name__}")
+    return dim

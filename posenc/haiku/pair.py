@@ -15,7 +15,8 @@ the name scope it is created in.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import haiku as hk
 import jax
@@ -29,7 +30,7 @@ from posenc.fitting import FitResult, batch_indices, n_samples, normalisation
 from posenc.haiku.losses import total_smoothness_loss
 from posenc.toys import PairCurve
 
-EncodingFactory = Callable[..., hk.Module]
+EncodingFactory = Callable[..., Callable[[jax.Array], jax.Array]]
 
 
 class PairEnergy(hk.Module):
@@ -156,13 +157,13 @@ def energy_and_forces(apply_fn: Callable, params: hk.Params, pos: jax.Array, pai
 # --- training ------------------------------------------------------------------------------------
 def set_normalisation(params: hk.Params, shift: float, scale: float) -> hk.Params:
     """A copy of ``params`` with every ``shift``/``scale`` entry replaced (the pair model's)."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for path, entries in params.items():
-        entries = dict(entries)
-        if "shift" in entries:
-            entries["shift"] = np.full((1,), shift, dtype=np.asarray(entries["shift"]).dtype)
-            entries["scale"] = np.full((1,), scale, dtype=np.asarray(entries["scale"]).dtype)
-        out[path] = entries
+        new: dict[str, Any] = dict(entries)
+        if "shift" in new:
+            new["shift"] = np.full((1,), shift, dtype=np.asarray(new["shift"]).dtype)
+            new["scale"] = np.full((1,), scale, dtype=np.asarray(new["scale"]).dtype)
+        out[path] = new
     return out
 
 
@@ -293,7 +294,7 @@ def fit(
 
     batches = batch_indices(n_samples(train), batch_size, steps, seed)
     pad = {}
-    if clusters:  # one static shape for every batch: a single compilation
+    if isinstance(train, Molecules):  # clusters: one static shape for every batch, a single compilation
         pad = {"n_atoms_max": int(train.n_atoms.max()),
                "n_pairs_max": int((train.n_atoms * (train.n_atoms - 1) // 2).max())}
     hist = np.zeros((steps, 4))
@@ -303,4 +304,5 @@ def fit(
         hist[k] = np.asarray(aux)
     seconds = time.perf_counter() - start
     e_mae, f_mae = evaluate(model, params, train if test is None else test)
-    return FitResult(*hist.T, energy_mae=e_mae, force_mae=f_mae, seconds=seconds, stats=stats, params=params)
+    return FitResult(hist[:, 0], hist[:, 1], hist[:, 2], hist[:, 3], energy_mae=e_mae, force_mae=f_mae,
+                     seconds=seconds, stats=stats, params=params)

@@ -50,7 +50,7 @@ class Batch:
         """``[M]`` int64 atoms per molecule."""
         return torch.bincount(self.batch, minlength=self.n_molecules)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor moved to ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():

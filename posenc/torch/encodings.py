@@ -8,7 +8,8 @@ has the same classes under the same names.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class TableEncoding(nn.Module):
         self.n_bin, self.dim = int(n_bin), int(dim)
         self.x_min, self.x_max = float(x_min), float(x_max)
         self.out_of_range = out_of_range
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        factory: dict[str, Any] = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         names = TABLE_FORMS[self.form]
         if init == "normal":  # torch's own RNG, so torch.manual_seed governs it
             tables = {"values": torch.randn(n_bin, dim, **factory) * init_scale}
@@ -193,7 +194,9 @@ class TableEncoding(nn.Module):
             return x
         return x.clamp(self.x_min, self.x_max)
 
-    def _extend(self, x: torch.Tensor, x_c: torch.Tensor, out: torch.Tensor, args: tuple, order: int) -> torch.Tensor:
+    def _extend(self, x: torch.Tensor, x_c: torch.Tensor, out: torch.Tensor,
+                args: tuple[torch.Tensor, torch.Tensor, tuple[np.ndarray, ...], float, float, int],
+                order: int) -> torch.Tensor:
         """Linear extension with the end slope beyond the range: C1 at both ends (C2 where h'' = 0 there).
 
         Only the (usually few) outside points are touched. Written so that autograd through the
@@ -240,6 +243,7 @@ class HermiteEncoding(TableEncoding):
     """
 
     form = "hermite"
+    slopes: nn.Parameter
 
     def stacked_table(self) -> torch.Tensor:
         """``[2 n_bin, dim]``: the values, then the slopes scaled by delta (t-units)."""
@@ -313,6 +317,8 @@ class QuinticHermiteEncoding(TableEncoding):
     """
 
     form = "hermite5"
+    slopes: nn.Parameter
+    curvatures: nn.Parameter
 
     def stacked_table(self) -> torch.Tensor:
         """``[3 n_bin, dim]``: the values, the slopes times delta, the curvatures times delta^2."""
@@ -396,7 +402,7 @@ class GaussianEncoding(nn.Module):
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         self.dim = int(n_centres)
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        factory: dict[str, Any] = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         mu = torch.linspace(x_min, x_max, n_centres, **factory)
         g = torch.tensor(gamma, **factory)
         if trainable:
@@ -501,8 +507,10 @@ def project_all(encodings: Sequence[nn.Module], weights: Sequence[torch.Tensor],
     if len(encodings) != len(weights):
         raise ValueError(f"got {len(encodings)} encodings but {len(weights)} weights")
     first = encodings[0] if encodings else None
-    if isinstance(first, TableEncoding) and all(first.same_grid(e) for e in encodings):
-        tables = [e.stacked_table() @ w.T for e, w in zip(encodings, weights)]  # K x [R, out_k]
+    on_grid = [e for e in encodings if isinstance(e, TableEncoding) and isinstance(first, TableEncoding)
+               and first.same_grid(e)]
+    if isinstance(first, TableEncoding) and len(on_grid) == len(encodings):
+        tables = [e.stacked_table() @ w.T for e, w in zip(on_grid, weights)]  # K x [R, out_k]
         out = first.interpolate_table(x, torch.cat(tables, dim=1))  # [..., sum out_k]
         return list(out.split([w.shape[0] for w in weights], dim=-1))
     encoded: dict[int, torch.Tensor] = {}  # a shared encoding (the same module K times) is evaluated once
@@ -534,3 +542,15 @@ def make_encoding(name: str, **kwargs: Any) -> nn.Module:
     if name not in ENCODINGS:
         raise ValueError(f"unknown encoding {name!r}; choose one of {sorted(ENCODINGS)}")
     return ENCODINGS[name](**kwargs)
+
+
+def encoding_dim(encoding: nn.Module) -> int:
+    """The output size ``dim`` of an encoding (every posenc encoding has one).
+
+    Raises:
+      TypeError: ``encoding`` has no integer ``dim`` (not a posenc encoding).
+    """
+    dim = getattr(encoding, "dim", None)
+    if not isinstance(dim, int):
+        raise TypeError(f"encoding must expose an int .dim (a posenc encoding), got {type(encoding).__name__}")
+    return dim

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from posenc.data.molecules import Molecules
 from posenc.fitting import FitResult, batch_indices, n_samples, normalisation
 from posenc.toys import PairCurve
+from posenc.torch.encodings import encoding_dim
 from posenc.torch.losses import total_smoothness_loss
 
 
@@ -50,14 +52,13 @@ class PairEnergy(nn.Module):
     def __init__(self, encoding: nn.Module, hidden: int = 64, n_layers: int = 2, *,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not hasattr(encoding, "dim"):
-            raise TypeError(f"encoding must expose .dim (a posenc encoding), got {type(encoding).__name__}")
+        enc_dim = encoding_dim(encoding)  # raises for a module without .dim
         if n_layers < 1 or hidden < 1:
             raise ValueError(f"need n_layers >= 1 and hidden >= 1, got n_layers={n_layers}, hidden={hidden}")
         self.encoding = encoding
-        widths = [encoding.dim] + [hidden] * n_layers + [1]
+        widths = [enc_dim] + [hidden] * n_layers + [1]
         self.layers = nn.ModuleList(nn.Linear(a, b, dtype=dtype) for a, b in zip(widths[:-1], widths[1:]))
-        factory = {"dtype": dtype or torch.get_default_dtype()}
+        factory: dict[str, Any] = {"dtype": dtype or torch.get_default_dtype()}
         # [1], not 0-d: posenc.convert moves arrays of rank >= 1
         self.shift = nn.Parameter(torch.zeros(1, **factory), requires_grad=False)
         self.scale = nn.Parameter(torch.ones(1, **factory), requires_grad=False)
@@ -114,7 +115,8 @@ class ClusterEnergy(nn.Module):
         return e_pair.new_zeros(n_molecules).index_add(0, pair_molecule, e_pair)  # [M]
 
 
-def energy_and_force(model: PairEnergy, r: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def energy_and_force(model: PairEnergy, r: torch.Tensor,
+                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(E [...], F = -dE/dr [...])`` of a :class:`PairEnergy` by autograd.
 
     Args:
@@ -141,7 +143,7 @@ def energy_and_forces(model: ClusterEnergy, pos: torch.Tensor, n_atoms: torch.Te
 # --- training ------------------------------------------------------------------------------------
 def _tensors(data: PairCurve | Molecules, idx: np.ndarray, like: torch.Tensor) -> dict[str, torch.Tensor]:
     """The selected samples as tensors in ``like``'s dtype/device."""
-    f = {"dtype": like.dtype, "device": like.device}
+    f: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
     if isinstance(data, PairCurve):
         return {"r": torch.as_tensor(data.r[idx], **f), "energy": torch.as_tensor(data.energy[idx], **f),
                 "force": torch.as_tensor(data.force[idx], **f)}
@@ -266,4 +268,5 @@ def fit(
         hist[:, k] = torch.stack([loss, e_loss, f_loss, smooth]).detach().tolist()
     seconds = time.perf_counter() - start
     e_mae, f_mae = evaluate(model, train if test is None else test)
-    return FitResult(*hist, energy_mae=e_mae, force_mae=f_mae, seconds=seconds, stats=stats)
+    return FitResult(hist[0], hist[1], hist[2], hist[3], energy_mae=e_mae, force_mae=f_mae, seconds=seconds,
+                     stats=stats)

@@ -18,7 +18,7 @@ path is the reference and the fallback.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,10 +28,10 @@ from posenc.spline import derivative_coeffs
 
 # Set by posenc.torch.triton_kernel: a drop-in for interpolate() (same arguments, differentiable
 # to every order) used for CUDA tensors when enabled. None means the plain-torch path only.
-_FUSED_INTERPOLATE: Optional[Callable[..., torch.Tensor]] = None
+_FUSED_INTERPOLATE: Callable[..., torch.Tensor] | None = None
 
 
-def set_fused_interpolate(fn: Optional[Callable[..., torch.Tensor]]) -> None:
+def set_fused_interpolate(fn: Callable[..., torch.Tensor] | None) -> None:
     """Registers (or removes, with None) an accelerated :func:`interpolate` used for CUDA tensors."""
     global _FUSED_INTERPOLATE
     _FUSED_INTERPOLATE = fn
@@ -92,7 +92,7 @@ class _TableGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, grad_out, n_rows, offsets, coeffs_all, x_min, delta, n_bin, order):  # type: ignore[override]
+    def forward(ctx, x, grad_out, n_rows, offsets, coeffs_all, x_min, delta, n_bin, order):
         ctx.save_for_backward(x, grad_out, offsets)
         ctx.consts = (coeffs_all, x_min, delta, n_bin, order)
         w, rows = _weights_and_rows(x, offsets, coeffs_all[order], x_min, delta, n_bin, order)  # [E, B] each
@@ -103,7 +103,7 @@ class _TableGrad(torch.autograd.Function):
         return torch.sparse.mm(w_t, grad_out)
 
     @staticmethod
-    def backward(ctx, grad_table):  # type: ignore[override]
+    def backward(ctx, grad_table):
         x, grad_out, offsets = ctx.saved_tensors
         coeffs_all, x_min, delta, n_bin, order = ctx.consts
         grad_x = grad_grad_out = None
@@ -118,7 +118,7 @@ class _Interpolate(torch.autograd.Function):
     """``out[e] = sum_b w_b^(order)(t_e) * table[idx_e + offsets[b]]`` with a differentiable backward."""
 
     @staticmethod
-    def forward(ctx, x, table, offsets, coeffs_all, x_min, delta, n_bin, order):  # type: ignore[override]
+    def forward(ctx, x, table, offsets, coeffs_all, x_min, delta, n_bin, order):
         # x: [E]; table: [R, D]; offsets: [B] int64; coeffs_all: tuple of [B, P] per order.
         ctx.save_for_backward(x, table, offsets)
         ctx.consts = (coeffs_all, x_min, delta, n_bin, order)
@@ -129,7 +129,7 @@ class _Interpolate(torch.autograd.Function):
         return F.embedding_bag(rows, table, mode="sum", per_sample_weights=w)
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         x, table, offsets = ctx.saved_tensors
         coeffs_all, x_min, delta, n_bin, order = ctx.consts
         grad_x = grad_table = None

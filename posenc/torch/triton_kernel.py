@@ -155,13 +155,13 @@ class _Interp(torch.autograd.Function):
     """``out[e] = sum_b w_b^(k)(t_e) table[i_e + o_b]`` ``[E, D]``."""
 
     @staticmethod
-    def forward(ctx, x, table, sp, order):  # type: ignore[override]
+    def forward(ctx, x, table, sp, order):
         ctx.save_for_backward(x, table)
         ctx.sp, ctx.order = sp, order
         return _interp(x, table, sp, order)
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         x, table = ctx.saved_tensors
         sp, k = ctx.sp, ctx.order
         grad_x = grad_table = None
@@ -176,7 +176,7 @@ class _InterpDot(torch.autograd.Function):
     """``y[e] = <g[e], sum_b w_b^(k)(t_e) table[i_e + o_b]>`` ``[E]`` (the interpolant is not stored)."""
 
     @staticmethod
-    def forward(ctx, x, table, g, sp, order):  # type: ignore[override]
+    def forward(ctx, x, table, g, sp, order):
         ctx.save_for_backward(x, table, g)
         ctx.sp, ctx.order = sp, order
         c = sp.coeffs(order)
@@ -185,7 +185,7 @@ class _InterpDot(torch.autograd.Function):
         return _kernels().interp_dot(x, table, g, sp.offsets, c, order, *sp.grid())
 
     @staticmethod
-    def backward(ctx, grad_y):  # type: ignore[override]
+    def backward(ctx, grad_y):
         x, table, g = ctx.saved_tensors
         sp, k = ctx.sp, ctx.order
         grad_x = grad_table = grad_g = None
@@ -202,7 +202,7 @@ class _Scatter(torch.autograd.Function):
     """``G[r] = sum_{e, b: i_e + o_b = r} w_b^(k)(t_e) g[e]`` ``[R, D]``: the table gradient."""
 
     @staticmethod
-    def forward(ctx, x, g, sp, order, n_rows):  # type: ignore[override]
+    def forward(ctx, x, g, sp, order, n_rows):
         ctx.save_for_backward(x, g)
         ctx.sp, ctx.order = sp, order
         c = sp.coeffs(order)
@@ -211,7 +211,7 @@ class _Scatter(torch.autograd.Function):
         return _kernels().scatter(x, g, sp.offsets, c, order, *sp.grid(), n_rows)
 
     @staticmethod
-    def backward(ctx, grad_table):  # type: ignore[override]
+    def backward(ctx, grad_table):
         x, g = ctx.saved_tensors
         sp, k = ctx.sp, ctx.order
         grad_x = grad_g = None

@@ -10,7 +10,8 @@ gradient through ``sqrt``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import haiku as hk
 import jax
@@ -182,7 +183,8 @@ class OutputStats(hk.Module):
         self.scale = np.asarray(stats.get("scale", np.ones(n_outputs)))
         self.atom_ref = np.asarray(stats.get("atom_ref", np.zeros((n_species, n_outputs))))
         self.mol_shift = np.asarray(stats.get("mol_shift", np.zeros(n_outputs)))
-        for label, arr, shape in (("scale", self.scale, (n_outputs,)), ("atom_ref", self.atom_ref, (n_species, n_outputs)),
+        for label, arr, shape in (("scale", self.scale, (n_outputs,)),
+                                  ("atom_ref", self.atom_ref, (n_species, n_outputs)),
                                   ("mol_shift", self.mol_shift, (n_outputs,))):
             if arr.shape != shape:
                 raise ValueError(f"stats[{label!r}] must have shape {shape}, got {arr.shape}")

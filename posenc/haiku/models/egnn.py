@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Mapping
 
 import haiku as hk
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from posenc.encoding_defaults import encoding_init_bound
-from posenc.haiku.encodings import project_all
+from posenc.haiku.encodings import encoding_dim, project_all
 from posenc.haiku.models.common import (
     MLP,
     block_uniform,
@@ -93,7 +94,7 @@ class EGNNLayer(hk.Module):
         if encoding is not None:
             enc_name, kwargs, x_max = encoding
             self.encoding = build_distance_encoding(enc_name, x_max, kwargs)
-            enc_dim = self.encoding.dim
+            enc_dim = encoding_dim(self.encoding)
         elif enc_dim is None:
             raise ValueError("a layer without its own encoding needs enc_dim (the shared encoding's size)")
         # the encoding's rows at their own fan-in (see posenc.encoding_defaults.encoding_init_bound)
@@ -170,7 +171,7 @@ class EGNN(hk.Module):
         spec = (encoding, encoding_kwargs, x_max)
         self.embedding = AtomEmbedding(hidden, n_species, name="embedding")
         self.encoding = build_distance_encoding(encoding, x_max, encoding_kwargs) if share_encoding else None
-        enc_dim = self.encoding.dim if share_encoding else None
+        enc_dim = encoding_dim(self.encoding) if self.encoding is not None else None
         self.update_coords = update_coords
         self.layers = [EGNNLayer(hidden, None if share_encoding else spec, enc_dim, update_coords=update_coords,
                                  name=f"layers_{k}") for k in range(n_layers)]

@@ -6,7 +6,8 @@ The Haiku mirror is ``posenc.haiku.models.common`` (same names, same parameter l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from posenc.torch.batching import Batch
 from posenc.encoding_defaults import distance_encoding_kwargs
-from posenc.torch.encodings import make_encoding
+from posenc.torch.encodings import encoding_dim, make_encoding
 
 #: Atomic numbers 0..N_SPECIES-1 are embedded (every element up to Z = 99).
 N_SPECIES = 100
@@ -47,9 +48,10 @@ def layer_encodings(name: str, x_max: float, overrides: dict[str, Any] | None, n
     """
     encodings = [build_distance_encoding(name, x_max, overrides, dtype=dtype, device=device)
                  for _ in range(1 if share else n_layers)]
+    dim = encoding_dim(encodings[0])
     if share:
-        return encodings[0], [None] * n_layers, encodings[0].dim
-    return None, list(encodings), encodings[0].dim
+        return encodings[0], [None] * n_layers, dim
+    return None, list(encodings), dim
 
 
 def check_batch(batch: Batch, like: torch.Tensor, n_species: int = N_SPECIES) -> None:
@@ -118,9 +120,14 @@ class MLP(nn.Module):
         for k in range(self.n_linear):
             self.add_module(f"linear_{k}", nn.Linear(sizes[k], sizes[k + 1], dtype=dtype, device=device))
 
+    def linear(self, k: int) -> nn.Linear:
+        """Layer ``linear_k`` (0-based)."""
+        layer: nn.Linear = getattr(self, f"linear_{k}")
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for k in range(self.n_linear):
-            x = getattr(self, f"linear_{k}")(x)
+            x = self.linear(k)(x)
             if k < self.n_linear - 1 or self.act_last:
                 x = nn.functional.silu(x)
         return x
@@ -154,10 +161,14 @@ class OutputStats(nn.Module):
       dtype, device: of the buffers.
     """
 
+    scale: torch.Tensor
+    atom_ref: torch.Tensor
+    mol_shift: torch.Tensor
+
     def __init__(self, n_outputs: int = 1, n_species: int = N_SPECIES, *, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        factory: dict[str, Any] = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         self.register_buffer("scale", torch.ones(n_outputs, **factory))
         self.register_buffer("atom_ref", torch.zeros(n_species, n_outputs, **factory))
         self.register_buffer("mol_shift", torch.zeros(n_outputs, **factory))
@@ -169,16 +180,21 @@ class OutputStats(nn.Module):
 
 
 def set_output_stats(model: nn.Module, scale: np.ndarray, atom_ref: np.ndarray, mol_shift: np.ndarray) -> None:
-    """Sets the :class:`OutputStats` of ``model``: ``scale`` ``[T]``, ``atom_ref`` ``[n_species, T]``, ``mol_shift`` ``[T]``."""
+    """Sets the :class:`OutputStats` of ``model``.
+
+    Args:
+        model: a model holding one :class:`OutputStats`.
+        scale: ``[T]``. atom_ref: ``[n_species, T]``. mol_shift: ``[T]``.
+    """
     found = [m for m in model.modules() if isinstance(m, OutputStats)]
     if len(found) != 1:
         raise ValueError(f"the model must hold exactly one OutputStats module, found {len(found)}")
     for name, value in (("scale", scale), ("atom_ref", atom_ref), ("mol_shift", mol_shift)):
         buf = getattr(found[0], name)
-        value = torch.as_tensor(np.asarray(value), dtype=buf.dtype, device=buf.device)
-        if value.shape != buf.shape:
-            raise ValueError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(value.shape)}")
-        buf.copy_(value)
+        new = torch.as_tensor(np.asarray(value), dtype=buf.dtype, device=buf.device)
+        if new.shape != buf.shape:
+            raise ValueError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(new.shape)}")
+        buf.copy_(new)
 
 
 class EnergyHead(nn.Module):
@@ -204,7 +220,8 @@ class EnergyHead(nn.Module):
         return self.stats(raw, z, batch)
 
 
-def energy_and_forces(model: nn.Module, batch: Batch, *, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def energy_and_forces(model: nn.Module, batch: Batch, *,
+                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs and forces ``F = -dE/dr`` of the first output (the energy) by autograd.
 
     Args:

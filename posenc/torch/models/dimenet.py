@@ -36,7 +36,8 @@ wraps it in ``WithOutputStats`` (the training data's output statistics), like th
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from torch_geometric.nn.models.dimenet_utils import Jn, Jn_zeros
 from torch_geometric.nn.resolver import activation_resolver
 
 from posenc.torch.batching import Batch
-from posenc.torch.encodings import ENCODINGS, SmoothCutoff, make_encoding
+from posenc.torch.encodings import ENCODINGS, SmoothCutoff, encoding_dim, make_encoding
 from posenc.torch.models.common import build_distance_encoding, check_batch
 from posenc.torch.models.common import energy_and_forces as _energy_and_forces
 
@@ -188,7 +189,7 @@ class SphericalBasis(nn.Module):
           ``[T, L * K]``, column ``l * K + n`` (the library's layout).
         """
         L, K = self.num_spherical, self.num_radial
-        const = {"dtype": dist.dtype, "device": dist.device}
+        const: dict[str, Any] = {"dtype": dist.dtype, "device": dist.device}
         x = dist / self.cutoff  # [E]
         arg = x[:, None, None] * torch.as_tensor(self._zeros, **const)  # [E, L, K]
         # j_l by upward recurrence on every argument; order l keeps its own zeros' row
@@ -313,10 +314,13 @@ class DimeNetPlusPlus(nn.Module):
         self.radial_encoding, self.angular_encoding = radial_encoding, angular_encoding
 
         self.rbf = self._radial_basis(radial_encoding, radial_kwargs, num_radial, envelope_exponent)
-        n_rad = num_radial if radial_encoding == "bessel" else self.rbf.dim
+        n_rad = num_radial if radial_encoding == "bessel" else encoding_dim(self.rbf)
         self.sbf = self._angular_basis(angular_encoding, angular_kwargs, num_spherical, num_radial, envelope_exponent)
         # InteractionPPBlock sizes its angular projection num_spherical * num_radial.
-        n_sph, n_sph_rad = (num_spherical, num_radial) if angular_encoding == "spherical" else (self.sbf.dim, n_rad)
+        if angular_encoding == "spherical":
+            n_sph, n_sph_rad = num_spherical, num_radial
+        else:
+            n_sph, n_sph_rad = encoding_dim(self.sbf), n_rad
 
         self.emb = EmbeddingBlock(n_rad, hidden_channels, act)
         self.output_blocks = nn.ModuleList([

@@ -27,7 +27,7 @@ between them with ``posenc.convert``.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class PairGeometry(NamedTuple):
 
     def to_pairs(self, per_distance: torch.Tensor) -> torch.Tensor:
         """Rows per distance (``[E, C]`` or ``[M * P, C]``) -> per message (``[E, C]`` or ``[M, n, n, C]``)."""
-        if self.pair_of is None:
+        if self.pair_of is None or self.mask is None:
             return per_distance
         (m, n_pairs), n, c = self.dist.shape, self.mask.shape[0], per_distance.shape[-1]
         if n_pairs == 0:  # lone atoms: no pair, no message
@@ -127,24 +127,24 @@ class EGNNLayer(nn.Module):
     def __init__(self, hidden: int, encoding: nn.Module | None, enc_dim: int, *, update_coords: bool = False,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
-        factory = {"dtype": dtype, "device": device}
+        factory: dict[str, Any] = {"dtype": dtype, "device": device}
         if encoding is not None:
             self.encoding = encoding
         self.hidden = hidden
         self.edge_mlp = MLP([2 * hidden + enc_dim, hidden, hidden], act_last=True, **factory)
         with torch.no_grad():  # the encoding's columns at their own fan-in: see encoding_init_bound
             bound = encoding_init_bound(enc_dim)
-            self.edge_mlp.linear_0.weight[:, 2 * hidden:].uniform_(-bound, bound)
+            self.edge_mlp.linear(0).weight[:, 2 * hidden:].uniform_(-bound, bound)
         self.node_mlp = MLP([2 * hidden, hidden, hidden], **factory)
         self.update_coords = update_coords
         if update_coords:
             self.coord_mlp = MLP([hidden, hidden, 1], **factory)
             # EGNN's small last layer: coordinate steps start tiny, so training starts stable
-            nn.init.xavier_uniform_(self.coord_mlp.linear_1.weight, gain=0.001)
+            nn.init.xavier_uniform_(self.coord_mlp.linear(1).weight, gain=0.001)
 
     def encoding_weight(self) -> torch.Tensor:
         """``[H, D]``: the columns of the edge MLP's first layer that read the encoded distance."""
-        return self.edge_mlp.linear_0.weight[:, 2 * self.hidden:]
+        return self.edge_mlp.linear(0).weight[:, 2 * self.hidden:]
 
     def forward(self, h: torch.Tensor, pos: torch.Tensor, geometry: PairGeometry,
                 pair_term: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,17 +161,19 @@ class EGNNLayer(nn.Module):
         Returns:
           Updated ``(h [A, H], pos [A, 3])``.
         """
-        hid, lin0 = self.hidden, self.edge_mlp.linear_0
+        hid, lin0, lin1 = self.hidden, self.edge_mlp.linear(0), self.edge_mlp.linear(1)
         receiver = nn.functional.linear(h, lin0.weight[:, :hid], lin0.bias)  # [A, H], the h_i part
         sender = h @ lin0.weight[:, hid:2 * hid].T  # [A, H], the h_j part
         if geometry.mask is not None:
             n = geometry.mask.shape[0]
             pre = receiver.view(-1, n, 1, hid) + sender.view(-1, 1, n, hid) + pair_term  # [M, n, n, H]
-            m = nn.functional.silu(self.edge_mlp.linear_1(nn.functional.silu(pre))) * geometry.mask
+            m = nn.functional.silu(lin1(nn.functional.silu(pre))) * geometry.mask
             agg = m.sum(2).reshape(h.shape)  # [A, H]
         else:
+            if geometry.edge_index is None:
+                raise ValueError("an edge-list geometry needs edge_index")
             j, i = geometry.edge_index
-            m = nn.functional.silu(self.edge_mlp.linear_1(nn.functional.silu(receiver[i] + sender[j] + pair_term)))
+            m = nn.functional.silu(lin1(nn.functional.silu(receiver[i] + sender[j] + pair_term)))
             agg = h.new_zeros(h.shape).index_add(0, i, m)  # [A, H]
         h = h + self.node_mlp(torch.cat([h, agg], dim=-1))
         if self.update_coords:
@@ -225,7 +227,7 @@ class EGNN(nn.Module):
         super().__init__()
         if n_layers < 1 or hidden < 1:
             raise ValueError(f"n_layers and hidden must be >= 1, got {n_layers} and {hidden}")
-        factory = {"dtype": dtype, "device": device}
+        factory: dict[str, Any] = {"dtype": dtype, "device": device}
         self.n_species = n_species
         self.embedding = AtomEmbedding(hidden, n_species, **factory)
         shared, per_layer, enc_dim = layer_encodings(encoding, x_max, encoding_kwargs, n_layers, share_encoding,
@@ -244,18 +246,19 @@ class EGNN(nn.Module):
         """Per-molecule outputs ``[M, T]`` (an energy in meV for MD17)."""
         check_batch(batch, self.embedding.weight, self.n_species)
         shared = getattr(self, "encoding", None)
-        encodings = [shared if shared is not None else layer.encoding for layer in self.layers]
+        layers = cast(list[EGNNLayer], list(self.layers))  # a ModuleList's items are typed nn.Module
+        encodings = [shared if shared is not None else layer.encoding for layer in layers]
         h = self.embedding(batch.z)  # [A, H]
         pos = batch.pos
         geometry = pair_geometry(pos, batch.edge_index, batch.dense_size)
         if self.update_coords:  # each layer sees the distances its predecessor moved
-            for layer, encoding in zip(self.layers, encodings):
+            for layer, encoding in zip(layers, encodings):
                 (term,) = project_all([encoding], [layer.encoding_weight()], geometry.dist.reshape(-1))
                 h, pos = layer(h, pos, geometry, geometry.to_pairs(term))
                 geometry = pair_geometry(pos, batch.edge_index, batch.dense_size)
         else:  # fixed distances: every layer's encoding in one call
-            weights = [layer.encoding_weight() for layer in self.layers]
+            weights = [layer.encoding_weight() for layer in layers]
             terms = project_all(encodings, weights, geometry.dist.reshape(-1))
-            for layer, term in zip(self.layers, terms):
+            for layer, term in zip(layers, terms):
                 h, pos = layer(h, pos, geometry, geometry.to_pairs(term))
         return self.head(h, batch.z, batch.batch, batch.n_molecules)

@@ -56,7 +56,8 @@ def make_model(backbone: str, *, encoding: str = "raw", encoding_kwargs: dict[st
         try:
             from posenc.torch.models.dimenet import DimeNetPlusPlus
         except ImportError as err:  # torch-geometric or the module itself missing
-            raise ImportError(f"backbone 'dimenet' needs posenc.torch.models.dimenet, which failed to import: {err}") from err
+            raise ImportError("backbone 'dimenet' needs posenc.torch.models.dimenet, which failed to import: "
+                              f"{err}") from err
         angular = "spherical" if encoding == "bessel" else encoding
         kwargs: dict[str, Any] = {"radial_encoding": encoding, "angular_encoding": angular,
                                   "cutoff": DIMENET_CUTOFF, **extra}

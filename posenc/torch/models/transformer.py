@@ -74,7 +74,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         if hidden % n_heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
-        factory = {"dtype": dtype, "device": device}
+        factory: dict[str, Any] = {"dtype": dtype, "device": device}
         if encoding is not None:
             self.encoding = encoding
         self.n_heads, self.d_head = n_heads, hidden // n_heads
@@ -126,7 +126,7 @@ class Transformer(nn.Module):
         super().__init__()
         if n_layers < 1 or hidden < 1:
             raise ValueError(f"n_layers and hidden must be >= 1, got {n_layers} and {hidden}")
-        factory = {"dtype": dtype, "device": device}
+        factory: dict[str, Any] = {"dtype": dtype, "device": device}
         self.n_species = n_species
         self.embedding = AtomEmbedding(hidden, n_species, **factory)
         shared, per_layer, enc_dim = layer_encodings(encoding, x_max, encoding_kwargs, n_layers, share_encoding,
