@@ -41,13 +41,26 @@ from posenc.continuity import (
     pair_curvature,
     running_max_deviation,
 )
-from posenc.toys import PairCurve, PairPotential
+from posenc.toys import Morse, PairCurve, PairPotential, pair_curve
 from posenc.torch.encodings import TableEncoding, make_encoding
 from posenc.torch.pair import PairEnergy, fit
 from posenc.training import TrainConfig
 
 #: The encodings compared, C0 to C2 (see :data:`posenc.continuity.CONTINUITY`).
 ENCODINGS: tuple[str, ...] = tuple(CONTINUITY)
+
+#: The chapter's toy: a narrow Morse well (a = 2, minimum at 1.2 sigma), sampled over
+#: ``TOY_DATA_RANGE`` (sigma) by :func:`toy_training_data`.
+TOY_POTENTIAL = Morse(d_e=1.0, a=2.0, r_e=1.2)
+TOY_DATA_RANGE = (0.8, 3.0)
+#: The toy's tables: coarse (bins of about 0.15 sigma, against the well's width 1/a = 0.5 sigma),
+#: covering the data with a 0.05 sigma margin; arguments of :func:`toy_study`.
+TOY_TABLE: dict[str, Any] = {"n_bin": 16, "dim": 16, "x_range": (0.75, 3.05)}
+
+
+def toy_training_data(n: int = 256, seed: int = 0) -> PairCurve:
+    """``n`` random samples (energies and forces) of :data:`TOY_POTENTIAL` over :data:`TOY_DATA_RANGE`."""
+    return pair_curve(TOY_POTENTIAL, n, *TOY_DATA_RANGE, seed=seed)
 
 
 def fit_toy(train: PairCurve, encoding: str, *, n_bin: int, dim: int, x_range: tuple[float, float],

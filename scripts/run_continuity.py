@@ -3,9 +3,10 @@
 Linear (C0), Hermite (C1), B-spline and quintic Hermite (C2) table encodings at the same table
 size and training budget, measured three ways (``posenc.continuity_study``):
 
-1. ``toy``: a Morse pair curve fitted by a :class:`~posenc.torch.pair.PairEnergy` per encoding and
-   seed; errors of E, F and d^2E/dr^2 against the analytic answer, and the model's derivative
-   jumps at the bin centres -> ``toy.json`` / ``toy.npz``;
+1. ``toy``: the Morse pair curve of ``posenc.continuity_study.TOY_POTENTIAL`` fitted by a
+   :class:`~posenc.torch.pair.PairEnergy` per encoding and seed; errors of E, F and d^2E/dr^2
+   against the analytic answer, and the model's derivative jumps at the bin centres ->
+   ``toy.json`` / ``toy.npz``;
 2. per encoding, an EGNN trained on rMD17 ethanol (split 1) with the training engine's default
    recipe for ``--epochs`` epochs, then: its test errors, the jumps of its first table, BFGS
    relaxation of the first test frame and harmonic frequencies from central differences of the
@@ -62,24 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: The toy of stage 1: a Morse well (narrow: a = 2) sampled over [0.8, 3.0] sigma.
-TOY_MORSE = {"d_e": 1.0, "a": 2.0, "r_e": 1.2}
-TOY_RANGE = (0.8, 3.0)
-TOY_MARGIN = 0.05  # the tables cover the data with this margin (sigma)
-TOY_TABLE = {"n_bin": 16, "dim": 16}  # coarse, so that bins are wide against the curve's features
-TOY_N_TRAIN = 256
-
-
 def run_toy(args: argparse.Namespace, encodings: Sequence[str]) -> None:
-    from posenc import toys
-    from posenc.continuity_study import save_study, toy_study
+    from posenc.continuity_study import TOY_POTENTIAL, TOY_TABLE, save_study, toy_study, toy_training_data
 
-    potential = toys.Morse(**TOY_MORSE)
-    train = toys.pair_curve(potential, TOY_N_TRAIN, *TOY_RANGE, seed=0)
-    summary, curves = toy_study(potential, train, x_range=(TOY_RANGE[0] - TOY_MARGIN, TOY_RANGE[1] + TOY_MARGIN),
-                                steps=args.toy_steps, seeds=args.toy_seeds, encodings=encodings,
-                                progress=not args.no_progress, **TOY_TABLE)
-    summary["potential_parameters"] = TOY_MORSE
+    summary, curves = toy_study(TOY_POTENTIAL, toy_training_data(), steps=args.toy_steps, seeds=args.toy_seeds,
+                                encodings=encodings, progress=not args.no_progress, **TOY_TABLE)
+    summary["potential_parameters"] = {"d_e": TOY_POTENTIAL.d_e, "a": TOY_POTENTIAL.a, "r_e": TOY_POTENTIAL.r_e}
     save_study(args.results / "toy", summary, curves)
 
 

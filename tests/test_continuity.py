@@ -24,6 +24,9 @@ from posenc.continuity import (
 )
 from posenc.continuity_study import (
     ENCODINGS,
+    TOY_DATA_RANGE,
+    TOY_POTENTIAL,
+    TOY_TABLE,
     fit_toy,
     load_study,
     md17_config,
@@ -33,6 +36,7 @@ from posenc.continuity_study import (
     relax,
     save_study,
     toy_study,
+    toy_training_data,
     vibrational_frequencies,
 )
 
@@ -177,9 +181,11 @@ def test_pair_derivatives_match_finite_differences():
 
 
 def test_toy_study_measures_each_encodings_continuity():
-    potential = toys.Morse(a=2.0, r_e=1.2)
-    train = toys.pair_curve(potential, 64, 0.8, 3.0, seed=0)
-    summary, curves = toy_study(potential, train, x_range=(0.75, 3.05), n_bin=8, dim=4, steps=20, seeds=(0, 1),
+    potential, train = TOY_POTENTIAL, toy_training_data(64)
+    assert TOY_DATA_RANGE[0] <= train.r.min() < train.r.max() <= TOY_DATA_RANGE[1]
+    x_range = TOY_TABLE["x_range"]
+    assert x_range[0] < TOY_DATA_RANGE[0] and x_range[1] > TOY_DATA_RANGE[1]  # the tables cover the data
+    summary, curves = toy_study(potential, train, x_range=x_range, n_bin=8, dim=4, steps=20, seeds=(0, 1),
                                 n_grid=101)
     rows = {(row["encoding"], row["seed"]): row for row in summary["rows"]}
     assert len(rows) == 2 * len(ENCODINGS) and summary["steps"] == 20
