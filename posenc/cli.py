@@ -7,10 +7,18 @@ name, with dashes; ``--lambda`` is ``lam``). Example::
     posenc train --dataset md17:ethanol --backbone egnn --encoding hermite --lambda 0.1
     posenc train --config run.yaml --quick --out-dir runs/try
     posenc train --config run.yaml --resume          # continue runs/... where it stopped
+    torchrun --nproc_per_node=2 -m posenc train --quick        # torch: 2 ranks, one model (DDP)
+    posenc train --backend haiku --data-parallel 2 --quick     # Haiku: a mesh of 2 devices
+
+``--data-parallel N`` splits every batch (``--batch-size`` is the global batch) across N devices:
+torch ranks, which ``torchrun`` starts (the flag then only checks their number), or the first N
+JAX devices. It is not a config field: the result does not depend on it, and a run may resume on
+another number of devices (see :mod:`posenc.parallel`).
 
 Exit status: 0 for a run that finished (or stopped as planned by ``--stop-after``) unflagged, 2 for
 a bad config or checkpoint, 3 for a run flagged by :mod:`posenc.run_health` (stuck, spiking or
-non-finite); the last line then starts with ``FLAGGED:``.
+non-finite; the last line then starts with ``FLAGGED:``), 4 for a data-parallel job that lost a
+rank (the message names the checkpoint to resume from).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +38,8 @@ from posenc.training import TrainConfig, mae_summary
 
 #: Exit status of a flagged run.
 FLAGGED_EXIT = 3
+#: Exit status of a data-parallel job that lost a rank.
+LOST_RANK_EXIT = 4
 
 
 def _bool(text: str) -> bool:
@@ -89,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a backbone with a distance encoding",
                            description="Train EGNN / Transformer / DimeNet++ with a distance encoding on MD17 or QM9.")
     _add_train_flags(train)
+    train.add_argument("--data-parallel", type=int, default=None, metavar="N",
+                       help="split every batch across N devices (torch: the ranks torchrun starts, "
+                            "default all of them; haiku: the first N JAX devices, default 1)")
     return parser
 
 
@@ -97,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = {}
     given = dict(vars(args))
     given.pop("command", None)
+    given.pop("data_parallel", None)  # how many devices, not what is trained
     path = given.pop("config", None)
     if path is not None:
         try:
@@ -117,14 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``posenc`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "train":
+        from posenc.parallel import DataParallelError
         from posenc.trainer import train
 
         config = config_from_args(args)
         try:
-            result = train(config)
+            result = train(config, data_parallel=args.data_parallel)
         except (ValueError, FileNotFoundError, ImportError) as err:
             print(f"posenc train: error: {err}", file=sys.stderr)
             return 2
+        except DataParallelError as err:
+            print(f"posenc train: error: {err}", file=sys.stderr)
+            return LOST_RANK_EXIT
+        if os.environ.get("RANK", "0") != "0":  # another rank of a torchrun job: rank 0 reports
+            return FLAGGED_EXIT if result.flags else 0
         if result.finished:
             print(f"{mae_summary(result.test, result.units)}; best epoch {result.best_epoch}; files in {result.out_dir}")
         elif not result.flags:

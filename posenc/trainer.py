@@ -13,6 +13,13 @@ Resuming is exact: a checkpoint holds the backend's whole state and the loop's (
 best, flags' window), and an epoch's data order depends on (seed, epoch) only, so "2 epochs, stop,
 resume 2 more" reproduces a 4-epoch run loss for loss.
 
+Data parallelism (``data_parallel``, ``posenc train --data-parallel N``; under ``torchrun`` for
+torch): ``batch_size`` stays the global batch, split across the devices by the backend
+(:mod:`posenc.parallel`), whose losses and metrics are those of one process on the whole batch.
+Every process runs this loop on the same reduced numbers, so they take the same decisions; only
+the main one (torch rank 0) writes files. The state does not depend on the number of devices, so
+a run may resume on another number.
+
 Example:
   >>> from posenc.trainer import train
   >>> from posenc.training import TrainConfig
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 from posenc.data.graphs import batches
 from posenc.data.molecules import Molecules
 from posenc.encoding_defaults import TABLE_ENCODINGS, distance_scale
+from posenc.parallel import DataParallelError
 from posenc.run_health import RunHealth, zero_prediction_loss
 from posenc.training import (
     TrainConfig,
@@ -59,20 +67,24 @@ Tables = tuple[list[dict[str, np.ndarray]], "tuple[float, float] | None"]
 class TrainingBackend(Protocol):
     """What a backend supplies to :func:`train`; ``posenc.<backend>.train.Backend`` implements it.
 
-    Construction: ``Backend(config, data, x_range, stats, distance_scale)`` builds the model
+    Construction: ``Backend(config, data, x_range, stats, distance_scale, data_parallel=None)`` builds the model
     (seeded by ``config.seed``), its output statistics, optimiser and schedule; ``x_range`` is
     the encoded distance range (Angstrom), ``stats`` the output statistics of
     :func:`posenc.training.output_stats` and ``distance_scale`` the training set's rms distance
     (Angstrom; the trainer puts ``scale = 1 / distance_scale`` into the encoding arguments
-    through :func:`posenc.training.encoding_overrides`).
+    through :func:`posenc.training.encoding_overrides`); ``data_parallel`` the devices to split
+    every batch across (None: the backend's default, see ``posenc.<backend>.distributed``).
 
     Attributes:
       suffix: the checkpoint files' suffix (``".pt"``, ``".npz"``).
       n_species: atomic numbers ``0..n_species - 1`` the model embeds (the rows of ``atom_ref``).
+      main: whether this process writes the run's files (rank 0 of a torch job; always in Haiku,
+        which drives all its devices from one process).
     """
 
     suffix: str
     n_species: int
+    main: bool
 
     def run_epoch(self, order: list[np.ndarray]) -> np.ndarray:
         """One optimiser step per index array of training molecules, in this order.
@@ -97,13 +109,17 @@ class TrainingBackend(Protocol):
 
     def restore(self, path: Path, resumable: bool) -> dict[str, Any]:
         """Loads the weights (and, when ``resumable``, the training state) of ``path``; returns
-        its ``meta``. Raises FileNotFoundError or ValueError (a corrupt or foreign file)."""
+        its ``meta``. Raises FileNotFoundError or ValueError (a corrupt or foreign file). In a
+        data-parallel job every process calls it, after the main one has written ``path``."""
 
     def tables(self) -> Tables:
         """The current distance tables, layer by layer, and their range (``([], None)``: none)."""
 
     def initial_tables(self) -> list[dict[str, np.ndarray]]:
         """The tables before any step (a resumed run rebuilds the same initialisation)."""
+
+    def close(self) -> None:
+        """Releases what the backend holds beyond memory (a torch process group it started)."""
 
 
 def backend_class(name: str) -> type:
@@ -113,31 +129,47 @@ def backend_class(name: str) -> type:
     return importlib.import_module(f"posenc.{name}.train").Backend
 
 
-def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> TrainResult:
+def train(config: TrainConfig, data: dict[str, Molecules] | None = None, *,
+          data_parallel: int | None = None) -> TrainResult:
     """Trains, validates, checkpoints and tests one model, in either backend.
 
     Args:
       config: the run (see :class:`posenc.training.TrainConfig`).
       data: ``{"train", "val", "test"}`` sets to use instead of loading ``config.dataset`` (tests,
         notebooks); ``config.dataset`` still names the task. Cut like loaded data.
+      data_parallel: devices to split every batch across: Haiku's mesh size (None: 1); torch's
+        ranks, which ``torchrun`` starts (None: as many as it started, 1 outside it). The result
+        does not depend on it.
 
     Returns:
       :class:`posenc.training.TrainResult` (also written to ``out_dir/result.json``); its
       ``flags`` name what went wrong, if anything (``status == "flagged"``).
 
     Raises:
-      ValueError: a bad config, a corrupt or foreign checkpoint, or ``resume`` with a config that
-        differs from the checkpoint's.
+      ValueError: a bad config, a corrupt or foreign checkpoint, ``resume`` with a config that
+        differs from the checkpoint's, or devices that are not there.
       FileNotFoundError: ``resume`` without ``out_dir/last.*``.
+      posenc.parallel.DataParallelError: a rank of a data-parallel job was lost (the message
+        names the last checkpoint to resume from).
     """
     config = resolve(config)
     cls = backend_class(config.backend)
     data = load_data(config) if data is None else cut_data(data, config)
-    train_set, out_dir = data["train"], Path(config.out_dir)
+    train_set = data["train"]
     x_range = encoding_range(config, train_set)
     stats = output_stats(train_set, cls.n_species)
     scale = distance_scale(train_set)
-    backend = cls(config, data, x_range, stats, scale)
+    backend = cls(config, data, x_range, stats, scale, data_parallel=data_parallel)
+    try:
+        return _run(config, data, backend, x_range, stats, scale)
+    finally:
+        backend.close()
+
+
+def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBackend, x_range: tuple[float, float],
+         stats: dict[str, np.ndarray], scale: float) -> TrainResult:
+    """:func:`train`'s epoch loop, final test and files, on a built backend."""
+    train_set, out_dir, suffix = data["train"], Path(config.out_dir), backend.suffix
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     health = RunHealth(
         zero_prediction_loss(train_set, stats, loss=config.loss, energy_weight=config.energy_weight,
@@ -147,7 +179,7 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
 
     start, history, best = 0, [], {"epoch": 0, "val": math.inf}
     if config.resume:
-        meta = backend.restore(out_dir / f"last{cls.suffix}", resumable=True)
+        meta = backend.restore(out_dir / f"last{suffix}", resumable=True)
         check_resumable(meta["config"], config)
         start, history, best = meta["epoch"], meta["history"], meta["best"]
         health = RunHealth.from_state(meta["health"])
@@ -155,52 +187,63 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None) -> Trai
     end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
     label = f"{config.dataset} {config.backbone}+{config.encoding}" + (" (haiku)" if config.backend == "haiku" else "")
     has_forces = train_set.forces is not None
-    bar = tqdm(range(start, end), desc=label, disable=not config.progress, initial=start, total=end)
-    for epoch in bar:
-        tic = time.perf_counter()
-        order = list(batches(train_set, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch)))
-        steps = backend.run_epoch(order)  # [n_steps, 3]
-        flags = health.check_epoch(epoch, steps)
-        train_means = dict(zip(("train_loss", "train_data", "train_smooth"), steps.mean(axis=0).tolist()))
-        if health.stopped:  # no evaluation and no checkpoint of a non-finite state
-            val = dict.fromkeys(("energy_mae", "force_mae") if has_forces else ("mae",), math.nan)
-        else:
-            val = backend.evaluate(data["val"])
-        primary = val.get("force_mae", val.get("mae"))
-        if not health.stopped:
-            backend.end_epoch(primary)
-        row = {"epoch": epoch + 1, "lr": backend.lr((epoch + 1) * steps_per_epoch), **train_means,
-               **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - tic,
-               "flags": ";".join(flags)}
-        history.append(row)
-        if health.stopped:
-            write_metrics(out_dir, history)
-            break
-        meta = {"epoch": epoch + 1, "x_range": list(x_range), "distance_scale": scale}
-        if primary < best["val"]:
-            best = {"epoch": epoch + 1, "val": primary}
-            backend.save(out_dir / f"best{cls.suffix}", meta, resumable=False)
-        backend.save(out_dir / f"last{cls.suffix}", {**meta, "history": history, "best": best,
-                                                      "config": config.to_dict(), "health": health.state()},
-                     resumable=True)
-        write_metrics(out_dir, history)
-        bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{primary:.4g}")
+    writes = backend.main  # one process writes the files of a data-parallel job
+    bar = tqdm(range(start, end), desc=label, disable=not (config.progress and writes), initial=start, total=end)
+    try:
+        for epoch in bar:
+            tic = time.perf_counter()
+            order = list(batches(train_set, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch)))
+            steps = backend.run_epoch(order)  # [n_steps, 3]
+            flags = health.check_epoch(epoch, steps)
+            train_means = dict(zip(("train_loss", "train_data", "train_smooth"), steps.mean(axis=0).tolist()))
+            if health.stopped:  # no evaluation and no checkpoint of a non-finite state
+                val = dict.fromkeys(("energy_mae", "force_mae") if has_forces else ("mae",), math.nan)
+            else:
+                val = backend.evaluate(data["val"])
+            primary = val.get("force_mae", val.get("mae"))
+            if not health.stopped:
+                backend.end_epoch(primary)
+            row = {"epoch": epoch + 1, "lr": backend.lr((epoch + 1) * steps_per_epoch), **train_means,
+                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - tic,
+                   "flags": ";".join(flags)}
+            history.append(row)
+            if health.stopped:
+                if writes:
+                    write_metrics(out_dir, history)
+                break
+            meta = {"epoch": epoch + 1, "x_range": list(x_range), "distance_scale": scale}
+            if primary < best["val"]:
+                best = {"epoch": epoch + 1, "val": primary}
+                if writes:
+                    backend.save(out_dir / f"best{suffix}", meta, resumable=False)
+            if writes:
+                backend.save(out_dir / f"last{suffix}", {**meta, "history": history, "best": best,
+                                                         "config": config.to_dict(), "health": health.state()},
+                             resumable=True)
+                write_metrics(out_dir, history)
+            bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{primary:.4g}")
+    except DataParallelError as err:  # from a collective of run_epoch or evaluate, before the epoch's files
+        saved = history[-1]["epoch"] if history else start
+        advice = (f"the last checkpoint {out_dir / f'last{suffix}'} (epoch {saved}) is intact: run the same command "
+                  "with --resume (on any number of devices)" if saved else "no epoch had finished: start it again")
+        raise DataParallelError(f"{err} in epoch {saved + 1}; the job stops, and {advice}") from err
 
     finished = end == config.epochs and not health.stopped
     test: dict[str, float] = {}
     if finished:
-        backend.restore(out_dir / f"best{cls.suffix}", resumable=False)
+        backend.restore(out_dir / f"best{suffix}", resumable=False)
         test = backend.evaluate(data["test"])
         tables, table_range = backend.tables()
-        if tables:
+        if tables and writes:
             form = config.encoding if config.encoding in TABLE_ENCODINGS else None
             save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables,
                                  form=form)
     result = TrainResult(out_dir=str(out_dir), history=history, best_epoch=best["epoch"], best_val=best["val"],
                          test=test, units=train_set.target_units, x_range=x_range, finished=finished,
                          distance_scale=scale, flags=list(health.messages))
-    result.write(config)
-    if config.progress and (finished or result.flags):
+    if writes:
+        result.write(config)
+    if config.progress and writes and (finished or result.flags):
         summary = mae_summary(test, train_set.target_units) if finished else "no test"
         tqdm.write(f"{label} lambda={config.lam:g}: {summary} (best epoch {best['epoch']})"
                    + "".join(f"\nFLAGGED: {m}" for m in result.flags))

@@ -65,7 +65,7 @@ def test_a_flagged_run_ends_with_flagged_and_exit_3(tmp_path, capsys, monkeypatc
 
     flags = ["stuck at epoch 5: training data loss 0.99 >= 0.9 x zero-prediction loss 0.99 for 3 epochs"]
 
-    def flagged(config):
+    def flagged(config, **kwargs):  # train(config, data_parallel=...)
         return TrainResult(out_dir=str(tmp_path), history=[{"epoch": 5}], best_epoch=1, best_val=1.0,
                            test={"force_mae": 849.0, "energy_mae": 1.0}, units=("meV",), x_range=(0.0, 5.0),
                            finished=True, distance_scale=1.0, flags=flags)

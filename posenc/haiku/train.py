@@ -8,6 +8,10 @@ the positions inside the loss, and ``jax.value_and_grad`` of that loss gives the
 gradients (the double derivative torch gets from ``create_graph=True``). The per-step losses stay
 on the device until the end of the epoch. No torch is imported.
 
+With ``data_parallel`` N > 1 the step runs over a one-axis mesh of N devices
+(:mod:`posenc.haiku.distributed`): every batch as N stacked, padded parts sharded along the
+leading axis, the model ``vmap``-ed over it, parameters and optimiser state replicated.
+
 Checkpoints (``best.npz`` weights, ``last.npz`` the whole state) hold data only: an ``.npz`` of
 the parameter and optimiser-state leaves plus a JSON string (``meta``) describing the tree
 structure, the format version and the trainer's metadata, read with ``allow_pickle=False``. The
@@ -36,6 +40,7 @@ import optax
 from posenc.data.graphs import batches
 from posenc.data.molecules import Molecules
 from posenc.haiku.batching import collate_jax
+from posenc.haiku.distributed import DataParallel, data_parallel
 from posenc.haiku.losses import total_smoothness_loss
 from posenc.haiku.models.common import N_SPECIES, energy_and_forces
 from posenc.haiku.models.egnn import EGNN
@@ -131,26 +136,41 @@ def make_optimizer(config: TrainConfig, rate: optax.Schedule) -> optax.GradientT
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
+def _predictor(apply: Callable[[Params, Graph], jax.Array], has_forces: bool,
+               stacked: bool) -> Callable[[Params, Graph], tuple[jax.Array, jax.Array]]:
+    """``predict(params, graph) -> (y [M_pad, T], forces [A_pad, 3])``, forces by ``jax.grad`` (the
+    graph's zeros without forces); ``stacked``: ``vmap``-ed over a leading axis of parts."""
+    def predict(params: Params, graph: Graph) -> tuple[jax.Array, jax.Array]:
+        return energy_and_forces(apply, params, graph) if has_forces else (apply(params, graph), graph["forces"])
+
+    return jax.vmap(predict, in_axes=(None, 0)) if stacked else predict
+
+
 def make_loss(apply: Callable[[Params, Graph], jax.Array], scale: np.ndarray, config: TrainConfig,
-              has_forces: bool) -> LossFn:
+              has_forces: bool, stacked: bool = False) -> LossFn:
     """``loss(params, graph) -> (total, (data, smooth))``: the torch loss, with padding masked out.
 
     ``scale`` ``[T]`` is the training scale; see ``posenc.torch.train.make_loss`` for the terms.
+    ``stacked``: ``graph`` holds the parts of one batch stacked along a leading axis (the
+    sharded layout of :mod:`posenc.haiku.distributed`); the means are then over every part's
+    molecules and atoms, the means of the whole batch.
     """
     err = jnp.square if config.loss == "mse" else jnp.abs
 
     def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-        mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values.shape)
+        mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape)
         return jnp.sum(jnp.where(mask, err(values), 0.0)) / jnp.sum(mask)
+
+    outputs = _predictor(apply, has_forces, stacked)
 
     def loss(params: Params, graph: Graph) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         s = jnp.asarray(scale, graph["pos"].dtype)
+        y, forces = outputs(params, graph)
         if has_forces:
-            y, forces = energy_and_forces(apply, params, graph)
             data = (config.energy_weight * masked_mean((y - graph["targets"]) / s, graph["mol_mask"])
                     + config.force_weight * masked_mean((forces - graph["forces"]) / s[0], graph["atom_mask"]))
         else:
-            data = masked_mean((apply(params, graph) - graph["targets"]) / s, graph["mol_mask"])
+            data = masked_mean((y - graph["targets"]) / s, graph["mol_mask"])
         smooth = total_smoothness_loss(params)
         if config.lam == 0:  # only reported: no gradient to compute
             smooth = jax.lax.stop_gradient(smooth)
@@ -164,9 +184,11 @@ def evaluate(predict: Callable[[Params, Graph], tuple[jax.Array, jax.Array]], pa
     """Mean absolute errors over ``graphs``, in the data's units (padding masked out).
 
     Args:
-      predict: ``predict(params, graph) -> (y [M_pad, T], forces [A_pad, 3])``.
+      predict: ``predict(params, graph) -> (y [M_pad, T], forces [A_pad, 3])`` (or, for stacked
+        graphs, ``y [N, M_pad, T]`` and ``forces [N, A_pad, 3]``).
       params: the model's parameters.
-      graphs: padded graphs of :func:`posenc.haiku.batching.collate_jax`.
+      graphs: padded graphs of :func:`posenc.haiku.batching.collate_jax`, or N of them stacked
+        (:meth:`posenc.haiku.distributed.DataParallel.put`).
       forces: whether the data has forces.
 
     Returns:
@@ -178,7 +200,7 @@ def evaluate(predict: Callable[[Params, Graph], tuple[jax.Array, jax.Array]], pa
         y, f = predict(params, g)
         mol, atom = np.asarray(g["mol_mask"]), np.asarray(g["atom_mask"])
         abs_e += float(np.abs(np.asarray(y - g["targets"]))[mol].sum())
-        n_mol += int(mol.sum()) * int(g["targets"].shape[1])
+        n_mol += int(mol.sum()) * int(g["targets"].shape[-1])
         abs_f += float(np.abs(np.asarray(f - g["forces"]))[atom].sum())
         n_comp += 3 * int(atom.sum())
     if forces:
@@ -299,31 +321,38 @@ _STEPS_KEPT = 8
 
 
 def _compiled_steps(config: TrainConfig, x_range: tuple[float, float], stats: dict[str, np.ndarray],
-                    distance_scale: float, n_outputs: int, has_forces: bool, steps_per_epoch: int) -> _Steps:
-    """The model's jitted ``init``, ``update`` and ``predict`` for this setting (cached)."""
+                    distance_scale: float, n_outputs: int, has_forces: bool, steps_per_epoch: int,
+                    parallel: DataParallel) -> _Steps:
+    """The model's jitted ``init``, ``update`` and ``predict`` for this setting (cached).
+
+    With more than one device ``update`` and ``predict`` take stacked, sharded graphs
+    (:meth:`posenc.haiku.distributed.DataParallel.put`) and ``update`` returns replicated
+    parameters and optimiser state.
+    """
+    stacked = parallel.size > 1
+    devices = [d.id for d in parallel.mesh.devices.flat] if stacked else []
     settings = {k: v for k, v in config.to_dict().items()
                 if k not in ("stop_after", "resume", "progress", "threads", "device", "out_dir")}
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(stats[k]).tobytes() for k in sorted(stats))).hexdigest()
     key = json.dumps([settings, x_range, distance_scale, n_outputs, has_forces, steps_per_epoch, digest,
-                      bool(jax.config.jax_enable_x64)], sort_keys=True, default=str)
+                      bool(jax.config.jax_enable_x64), devices], sort_keys=True, default=str)
     if key in _STEPS:
         return _STEPS[key]
     model = build_model(config, x_range, n_outputs, distance_scale, stats)
     rate = learning_rate(config, steps_per_epoch)
     tx = make_optimizer(config, rate)
-    loss_fn = make_loss(model.apply, stats["scale"], config, has_forces)
+    loss_fn = make_loss(model.apply, stats["scale"], config, has_forces, stacked)
 
-    @jax.jit
     def update(params: Params, opt_state: Any, g: Graph) -> tuple[Params, Any, jax.Array]:
         (loss, (data_loss, smooth)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, g)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, jnp.stack([loss, data_loss, smooth])
 
-    @jax.jit
-    def predict(params: Params, g: Graph) -> tuple[jax.Array, jax.Array]:
-        return energy_and_forces(model.apply, params, g) if has_forces else (model.apply(params, g), g["forces"])
-
-    steps = _Steps(rate, tx, jax.jit(model.init), update, predict)  # a jitted init is far faster than eager
+    # sharded: XLA sums the parts' gradients across the mesh; the new state stays replicated
+    shardings = {"out_shardings": parallel.replicated} if stacked else {}
+    predict = jax.jit(_predictor(model.apply, has_forces, stacked))
+    # a jitted init is far faster than eager
+    steps = _Steps(rate, tx, jax.jit(model.init), jax.jit(update, **shardings), predict)
     while len(_STEPS) >= _STEPS_KEPT:
         _STEPS.pop(next(iter(_STEPS)))
     _STEPS[key] = steps
@@ -341,27 +370,43 @@ class Backend:
       x_range: the encoded distance range, Angstrom.
       stats: output statistics of the training set.
       distance_scale: the training set's rms distance, Angstrom.
+      data_parallel: devices of the mesh (None: 1; see :func:`posenc.haiku.distributed.data_parallel`).
+
+    Raises:
+      ValueError: fewer JAX devices than ``data_parallel``, or more than molecules in a batch.
     """
 
     suffix = ".npz"
     n_species = N_SPECIES
 
     def __init__(self, config: TrainConfig, data: dict[str, Molecules], x_range: tuple[float, float],
-                 stats: dict[str, np.ndarray], distance_scale: float) -> None:
+                 stats: dict[str, np.ndarray], distance_scale: float, data_parallel: int | None = None) -> None:
         self.config, self.train_set = config, data["train"]
+        self.parallel = _devices(data_parallel, config)
         self.has_forces = self.train_set.forces is not None
         overrides = encoding_overrides(config, distance_scale)
         self.table_range = (float(overrides.get("x_min", x_range[0])), float(overrides.get("x_max", x_range[1])))
-        bs, n_max = config.batch_size, int(max(part.n_atoms.max() for part in data.values()))
+        # one device's part of a batch: padded to the largest part, ceil(batch_size / devices) molecules
+        bs = -(-config.batch_size // self.parallel.size)
+        n_max = int(max(part.n_atoms.max() for part in data.values()))
         self.sizes = {"max_atoms": bs * n_max, "max_edges": bs * n_max * (n_max - 1), "max_molecules": bs}
         with self.precision():
             self.steps = _compiled_steps(config, x_range, stats, distance_scale, self.train_set.targets.shape[1],
-                                         self.has_forces, math.ceil(len(self.train_set) / bs))
-            first = self.graph(self.train_set, np.arange(min(bs, len(self.train_set))))
-            self.params = self.steps.init(jax.random.PRNGKey(config.seed), first)
+                                         self.has_forces, math.ceil(len(self.train_set) / config.batch_size),
+                                         self.parallel)
+            first = collate_jax(self.train_set, np.arange(min(bs, len(self.train_set))), **self.sizes)  # one part
+            self.params = self.place(self.steps.init(jax.random.PRNGKey(config.seed), first))
             self._initial_tables = encoding_tables(self.params, self.table_range)[0]
-            self.opt_state = self.steps.tx.init(self.params)
+            self.opt_state = self.place(self.steps.tx.init(self.params))
             self.val_set, self.val_graphs = data["val"], self.graphs(data["val"])
+
+    @property
+    def main(self) -> bool:
+        return self.parallel.main
+
+    def place(self, tree: Any) -> Any:
+        """Parameters or optimiser state where the step expects them (replicated on a mesh)."""
+        return self.parallel.replicate(tree) if self.parallel.size > 1 else tree
 
     @contextlib.contextmanager
     def precision(self) -> Iterator[None]:
@@ -370,7 +415,17 @@ class Backend:
             yield
 
     def graph(self, mols: Molecules, idx: np.ndarray) -> Graph:
-        return collate_jax(mols, idx, **self.sizes)
+        """Molecules ``idx`` of ``mols`` as one padded graph; on a mesh, ``idx`` is a whole batch and
+        the graph its parts stacked and sharded (an empty part: any molecule, masked out)."""
+        if self.parallel.size == 1:
+            return collate_jax(mols, idx, **self.sizes)
+        parts = []
+        for part in self.parallel.parts(idx):
+            g = collate_jax(mols, part if part.size else idx[:1], **self.sizes)
+            if not part.size:  # the loss and the errors count masked molecules and atoms as padding
+                g = {**g, "mol_mask": jnp.zeros_like(g["mol_mask"]), "atom_mask": jnp.zeros_like(g["atom_mask"])}
+            parts.append(g)
+        return self.parallel.put(parts)
 
     def graphs(self, mols: Molecules) -> list[Graph]:
         """``mols`` in their stored order as padded batches of ``batch_size``."""
@@ -407,13 +462,13 @@ class Backend:
         if jax.tree.map(np.shape, state["params"]) != shapes:
             raise ValueError(f"{path} holds parameters of another model than this config builds")
         with self.precision():
-            self.params = jax.tree.map(jnp.asarray, state["params"])
+            self.params = self.place(jax.tree.map(jnp.asarray, state["params"]))
             if resumable:
                 treedef = jax.tree_util.tree_structure(self.opt_state)
                 if state["opt_state"]["treedef"] != str(treedef):
                     raise ValueError(f"{path} holds the optimiser state of another optimiser than this config builds")
-                self.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in
-                                                                        state["opt_state"]["leaves"]])
+                self.opt_state = self.place(jax.tree_util.tree_unflatten(
+                    treedef, [jnp.asarray(x) for x in state["opt_state"]["leaves"]]))
         return {k: v for k, v in state.items() if k not in ("format", "params", "opt_state")}
 
     def tables(self) -> tuple[list[dict[str, np.ndarray]], tuple[float, float] | None]:
@@ -421,3 +476,15 @@ class Backend:
 
     def initial_tables(self) -> list[dict[str, np.ndarray]]:
         return self._initial_tables
+
+    def close(self) -> None:
+        self.parallel.close()
+
+
+def _devices(requested: int | None, config: TrainConfig) -> DataParallel:
+    """The run's :class:`posenc.haiku.distributed.DataParallel`, checked against the batch size."""
+    parallel = data_parallel(requested, config.device)
+    if parallel.size > config.batch_size:
+        raise ValueError(f"{parallel.size} devices need batch_size >= {parallel.size} (the global batch is split "
+                         f"across them), got {config.batch_size}")
+    return parallel

@@ -8,6 +8,10 @@ losses stay on the device until the end of the epoch. Checkpoints (``best.pt`` w
 ``last.pt`` the whole state with the torch RNG) are read with ``torch.load(weights_only=True)``,
 which executes no code.
 
+Under ``torchrun`` the model is wrapped in DistributedDataParallel (:mod:`posenc.torch.distributed`):
+each rank steps on its part of every global batch with the loss weighted so that DDP's average of
+the ranks' gradients is the single-process gradient of the whole batch (see :func:`make_loss`).
+
 Example:
   >>> from posenc.trainer import train
   >>> from posenc.training import TrainConfig
@@ -18,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import io
 import pickle
 import zipfile
@@ -30,12 +35,13 @@ from torch import nn
 
 from posenc.data.graphs import batches
 from posenc.data.molecules import Molecules
+from posenc.encoding_defaults import RANGED_ENCODINGS, TABLE_PARAMETERS
 from posenc.torch.batching import Batch, collate
+from posenc.torch.distributed import DataParallel, data_parallel
 from posenc.torch.encodings import TableEncoding
 from posenc.torch.losses import total_smoothness_loss
 from posenc.torch.models import energy_and_forces, graph_cutoff, make_model, set_output_stats
 from posenc.torch.models.common import N_SPECIES
-from posenc.encoding_defaults import RANGED_ENCODINGS, TABLE_PARAMETERS
 from posenc.training import TrainConfig, atomic_write, encoding_overrides, lr_factor, schedule_factor
 
 __all__ = ["Backend", "build_model", "encoding_tables", "evaluate", "learning_rate", "load_checkpoint", "make_loss",
@@ -46,8 +52,10 @@ CHECKPOINT_FORMAT = "posenc-torch-checkpoint-2"
 WEIGHTS_KEYS = ("format", "epoch", "model", "x_range", "distance_scale")
 CHECKPOINT_KEYS = (*WEIGHTS_KEYS, "optimizer", "scheduler", "torch_rng", "history", "best", "config", "health")
 
-#: ``loss(batch) -> (total, data, smooth)``, three 0-d tensors (total carries the graph).
-LossFn = Callable[[Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: ``(w_mol, w_comp)``: multipliers of the summed target and force-component errors (see :func:`make_loss`).
+Weights = tuple[float, float]
+#: ``loss(batch, weights=None) -> (total, data, smooth)``, three 0-d tensors (total carries the graph).
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: int,
@@ -79,22 +87,32 @@ def build_model(config: TrainConfig, x_range: tuple[float, float], n_outputs: in
 
 
 def make_loss(model: nn.Module, scale: torch.Tensor, config: TrainConfig) -> LossFn:
-    """``loss(batch) -> (total, data, smooth)``: the training loss of one batch and its parts.
+    """``loss(batch, weights=None) -> (total, data, smooth)``: the training loss of one batch and its parts.
 
     With forces (MD17): ``w_E * err((E - E*) / s) + w_F * err((F - F*) / s)``, forces by autograd
     with ``create_graph=True``; without (QM9): ``err((y - y*) / s)`` over the targets; ``s`` ``[T]``
     is the training scale, ``err`` the mean square (``mse``) or mean absolute (``l1``) error. Plus
     ``lam * L_smooth`` summed over the model's table encodings.
-    """
-    err = (lambda r: r.pow(2).mean()) if config.loss == "mse" else (lambda r: r.abs().mean())
 
-    def loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ``weights`` None takes the means over ``batch``. A rank's part of a global batch of M molecules
+    (T targets) and A atoms instead passes ``(n / (M T), n / (3 A))`` for n ranks: ``err`` becomes
+    the part's summed error times its weight, and DDP's average over the n ranks of the gradients
+    is then exactly the gradient of the global batch's means, whatever the parts' sizes and atom
+    counts. The smoothness term is the same on every rank and is not scaled, so the average counts
+    it once. An empty part passes ``(0, 0)`` with any molecule (its data term is then zero).
+    """
+    def err(r: torch.Tensor, weight: float | None) -> torch.Tensor:
+        e = r.pow(2) if config.loss == "mse" else r.abs()
+        return e.mean() if weight is None else e.sum() * weight
+
+    def loss(batch: Batch, weights: Weights | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w_mol, w_comp = (None, None) if weights is None else weights
         if batch.forces is not None:
             y, forces = energy_and_forces(model, batch, create_graph=True)
-            data = (config.energy_weight * err((y - batch.targets) / scale)
-                    + config.force_weight * err((forces - batch.forces) / scale[0]))
+            data = (config.energy_weight * err((y - batch.targets) / scale, w_mol)
+                    + config.force_weight * err((forces - batch.forces) / scale[0], w_comp))
         else:
-            data = err((model(batch) - batch.targets) / scale)
+            data = err((model(batch) - batch.targets) / scale, w_mol)
         with torch.set_grad_enabled(config.lam > 0):  # at lambda = 0 it is only reported
             smooth = total_smoothness_loss(model)
         return data + config.lam * smooth, data, smooth
@@ -102,8 +120,16 @@ def make_loss(model: nn.Module, scale: torch.Tensor, config: TrainConfig) -> Los
     return loss
 
 
-def evaluate(model: nn.Module, graphs: list[Batch]) -> dict[str, float]:
+def evaluate(model: nn.Module, graphs: list[Batch],
+             reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
     """Mean absolute errors over ``graphs``, in the data's units.
+
+    Args:
+      model: the model (not a DDP wrapper: no gradients are reduced here).
+      graphs: the batches.
+      reduce: sums ``[4]`` float64 partial sums (absolute errors and counts of molecules and
+        force components) over the ranks of a data-parallel job, each of which evaluated its
+        part of the molecules; None: one process.
 
     Returns:
       ``{"energy_mae", "force_mae"}`` (per molecule; per force component) with forces, else
@@ -123,6 +149,8 @@ def evaluate(model: nn.Module, graphs: list[Batch]) -> dict[str, float]:
         abs_e += float((y.detach() - b.targets).abs().sum())
         n_mol += b.targets.numel()
     model.train()
+    if reduce is not None:
+        abs_e, n_mol, abs_f, n_comp = reduce(np.array([abs_e, n_mol, abs_f, n_comp], dtype=np.float64)).tolist()
     if n_comp:
         return {"energy_mae": abs_e / n_mol, "force_mae": abs_f / n_comp}
     return {"mae": abs_e / n_mol}
@@ -255,13 +283,21 @@ class Backend:
       x_range: the encoded distance range, Angstrom.
       stats: output statistics of the training set.
       distance_scale: the training set's rms distance, Angstrom.
+      data_parallel: ranks asked for (None: as many as ``torchrun`` started, 1 outside it; see
+        :func:`posenc.torch.distributed.data_parallel`).
+
+    Raises:
+      ValueError: ``data_parallel`` > 1 outside ``torchrun``, or more ranks than molecules in a
+        batch.
     """
 
     suffix = ".pt"
     n_species = N_SPECIES
 
     def __init__(self, config: TrainConfig, data: dict[str, Molecules], x_range: tuple[float, float],
-                 stats: dict[str, np.ndarray], distance_scale: float) -> None:
+                 stats: dict[str, np.ndarray], distance_scale: float, data_parallel: int | None = None) -> None:
+        self.parallel = _join(data_parallel, config)
+        config = dataclasses.replace(config, device=self.parallel.device)  # cuda -> this rank's GPU
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.set_flush_denormal(True)  # Gaussian tails would otherwise hit slow float32 denormals
@@ -275,32 +311,65 @@ class Backend:
         steps_per_epoch = -(-len(self.train_set) // config.batch_size)
         self.rate = learning_rate(config, steps_per_epoch)
         self.optimizer, self.scheduler = make_optimizer(config, self.model, self.rate)
-        self.loss = make_loss(self.model, torch.as_tensor(stats["scale"], dtype=self.dtype, device=config.device),
-                              config)
+        self.loss = make_loss(self.parallel.wrap(self.model),
+                              torch.as_tensor(stats["scale"], dtype=self.dtype, device=config.device), config)
         self.val_set, self.val_graphs = data["val"], self.graphs(data["val"])
 
+    @property
+    def main(self) -> bool:
+        return self.parallel.main
+
     def graphs(self, mols: Molecules) -> list[Batch]:
-        """``mols`` in their stored order as batches of ``batch_size``."""
-        return [collate(mols, idx, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
-                for idx in batches(mols, self.config.batch_size, shuffle=False)]
+        """This rank's part of ``mols`` in their stored order, as batches of at most ``batch_size``."""
+        parts = (self.parallel.part(idx) for idx in batches(mols, self.config.batch_size, shuffle=False))
+        return [collate(mols, part, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
+                for part in parts if part.size]
+
+    def step_weights(self, idx: np.ndarray) -> tuple[np.ndarray, Weights | None]:
+        """This rank's molecules of the global batch ``idx`` and their loss weights (:func:`make_loss`).
+
+        One process: all of ``idx``, the means. An empty part steps on the batch's first molecule
+        at weight zero, because every rank must take part in DDP's gradient reduction.
+        """
+        if self.parallel.size == 1:
+            return idx, None
+        part = self.parallel.part(idx)
+        if not part.size:
+            return idx[:1], (0.0, 0.0)
+        n = self.parallel.size
+        n_targets = idx.size * self.train_set.targets.shape[1]
+        n_comp = 3 * int(self.train_set.n_atoms[idx].sum())
+        return part, (n / n_targets, n / n_comp)
 
     def run_epoch(self, order: list[np.ndarray]) -> np.ndarray:
         per_step = []
-        for idx in order:
-            b = collate(self.train_set, idx, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
-            loss, data, smooth = self.loss(b)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip, foreach=True)
-            self.optimizer.step()
-            if self.config.schedule != "plateau":
-                self.scheduler.step()
-            per_step.append(torch.stack([loss.detach(), data.detach(), smooth.detach()]))
-        return torch.stack(per_step).double().cpu().numpy()  # one host transfer per epoch
+        with self.parallel.guard():
+            for idx in order:
+                part, weights = self.step_weights(idx)
+                b = collate(self.train_set, part, cutoff=self.cutoff, dtype=self.dtype, device=self.config.device)
+                loss, data, smooth = self.loss(b, weights)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # DDP: averages the gradients over the ranks
+                if self.config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip, foreach=True)
+                self.optimizer.step()
+                if self.config.schedule != "plateau":
+                    self.scheduler.step()
+                per_step.append(torch.stack([loss.detach(), data.detach(), smooth.detach()]))
+            # each rank's weighted losses average to the global batch's: one reduction per epoch
+            losses = self.parallel.sum(torch.stack(per_step)) / self.parallel.size
+        return losses.double().cpu().numpy()  # one host transfer per epoch
 
     def evaluate(self, mols: Molecules) -> dict[str, float]:
-        return evaluate(self.model, self.val_graphs if mols is self.val_set else self.graphs(mols))
+        graphs = self.val_graphs if mols is self.val_set else self.graphs(mols)
+        if self.parallel.size == 1:
+            return evaluate(self.model, graphs)
+        with self.parallel.guard():
+            return evaluate(self.model, graphs, reduce=self._sum)
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """``values`` summed over the ranks, in float64."""
+        return self.parallel.sum(torch.as_tensor(values, device=self.config.device)).cpu().numpy()
 
     def end_epoch(self, val: float) -> None:
         if self.config.schedule == "plateau":
@@ -321,6 +390,8 @@ class Backend:
         atomic_write(path, buf.getvalue())
 
     def restore(self, path: Path, resumable: bool) -> dict[str, Any]:
+        with self.parallel.guard():
+            self.parallel.barrier()  # rank 0 wrote the file: every rank reads it once it is there
         state = load_checkpoint(path, resumable=resumable)
         self.model.load_state_dict(state["model"])
         if resumable:
@@ -334,3 +405,16 @@ class Backend:
 
     def initial_tables(self) -> list[dict[str, np.ndarray]]:
         return self._initial_tables
+
+    def close(self) -> None:
+        self.parallel.close()
+
+
+def _join(requested: int | None, config: TrainConfig) -> DataParallel:
+    """The run's :class:`posenc.torch.distributed.DataParallel`, checked against the batch size."""
+    parallel = data_parallel(requested, config.device)
+    if parallel.size > config.batch_size:
+        parallel.close()
+        raise ValueError(f"{parallel.size} ranks need batch_size >= {parallel.size} (the global batch is split "
+                         f"across them), got {config.batch_size}")
+    return parallel
