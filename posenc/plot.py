@@ -16,12 +16,15 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from posenc.interpret import pca_2d
+from posenc.interpret import normalised_derivative, pca_2d
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
-        return ax.figure, ax
+        fig = ax.get_figure(root=True)
+        if fig is None:
+            raise ValueError("ax is not on a figure")
+        return fig, ax
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
 
@@ -106,7 +109,7 @@ def plot_pca(
         raise ValueError(f"x has {c.size} points but the embedding has {len(coords)}")
     fig, ax = _axes(ax, (4.5, 4.0))
     segments = np.stack([coords[:-1], coords[1:]], axis=1)  # [points - 1, 2, 2]
-    line = LineCollection(segments, cmap="viridis", linewidths=2.0)
+    line = LineCollection(list(segments), cmap="viridis", linewidths=2.0)
     line.set_array(0.5 * (c[:-1] + c[1:]))
     ax.add_collection(line)
     ax.autoscale()
@@ -247,3 +250,72 @@ __all__ = [
     "plot_pca",
     "plot_similarity",
 ]
+
+
+def plot_layer_panels(
+    x: Any,
+    emb: Any,
+    g: Any,
+    *,
+    x_min: float | None = None,
+    x_max: float | None = None,
+    title: str | None = None,
+    n: int = 10,
+    figsize: tuple[float, float] = (11.0, 3.0),
+) -> Figure:
+    """Fig. 1, 2 and 3 of one layer side by side: its first dimensions, its PCA path and ĝ.
+
+    Args:
+      x: ``[points]`` grid.
+      emb: ``[points, dim]`` the layer's embedding h(x) (one layer of ``posenc.interpret.sample``).
+      g: ``[points, dim]`` its derivative dh/dx (``sample(..., order=1)``).
+      x_min, x_max: the range x̂ is normalised by (default: the grid's extremes).
+      title: figure title.
+      n: dimensions drawn in the first panel.
+      figsize: inches; the default fits the book's text column at 72 dpi.
+
+    Returns:
+      A ``Figure`` not registered with pyplot (nothing leaks into a notebook).
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, 3)
+    plot_dimensions(x, emb, n=n, x_min=x_min, x_max=x_max, ax=axes[0])
+    plot_pca(emb, x, ax=axes[1])
+    plot_normalised_derivative(x, {"ĝ": normalised_derivative(g)[0]}, x_min=x_min, x_max=x_max, ax=axes[2])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_similarity_panels(
+    matrices: Mapping[str, Any],
+    task_names: Sequence[str],
+    *,
+    fmt: str = ".3f",
+) -> Figure:
+    """Fig. 4 for several similarity matrices side by side, on one colour scale.
+
+    The scale runs from the smallest to the largest value over all panels (not 0 to 1), so that
+    differences between pairs show even when every similarity is far below 1; each cell's label
+    switches to white on the dark part of that scale.
+
+    Args:
+      matrices: panel title -> ``[tasks, tasks]`` similarity matrix.
+      task_names: the row/column labels.
+      fmt: number format of the cell labels.
+    """
+    if not matrices:
+        raise ValueError("matrices is empty")
+    k = len(task_names)
+    mats = {title: np.asarray(m, dtype=np.float64) for title, m in matrices.items()}
+    lo = min(float(m.min()) for m in mats.values())
+    hi = max(float(m.max()) for m in mats.values())
+    fig = Figure(figsize=(len(mats) * (2.2 + 0.6 * k), 1.6 + 0.5 * k), layout="constrained")
+    axes = fig.subplots(1, len(mats), squeeze=False)[0]
+    for ax, (title, mat) in zip(axes, mats.items()):
+        plot_similarity(mat, task_names, ax=ax, fmt=fmt, title=title)
+        if hi > lo:
+            ax.images[0].set_clim(lo, hi)
+            for text, value in zip(ax.texts, mat.ravel()):
+                text.set_color("white" if value < lo + 0.6 * (hi - lo) else "black")
+    return fig

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
+
+from posenc.plot import plot_layer_panels
 
 __all__ = [
     "LIVE_CLASS",
@@ -35,6 +38,7 @@ __all__ = [
     "ResultsGrid",
     "StaticExplorer",
     "TrainFn",
+    "layer_explorer",
     "live_explorer",
     "render_figure",
     "render_png",
@@ -186,13 +190,17 @@ def render_figure(view: FitView, *, title: str | None = None, n_dims: int = 10,
     return fig
 
 
-def render_png(view: FitView, *, title: str | None = None, limits: PanelLimits | None = None,
-               dpi: int = 72, **kwargs: object) -> bytes:
-    """:func:`render_figure` as PNG bytes (deterministic: no timestamp or version metadata)."""
-    fig = render_figure(view, title=title, limits=limits, **kwargs)
+def _png(fig: Figure, dpi: int) -> bytes:
+    """A figure as PNG bytes, deterministic: no timestamp or version metadata."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return buf.getvalue()
+
+
+def render_png(view: FitView, *, title: str | None = None, limits: PanelLimits | None = None,
+               dpi: int = 72, **kwargs: Any) -> bytes:
+    """:func:`render_figure` as PNG bytes (deterministic: no timestamp or version metadata)."""
+    return _png(render_figure(view, title=title, limits=limits, **kwargs), dpi)
 
 
 def _label(value: float) -> str:
@@ -425,3 +433,48 @@ def live_explorer(train_fn: TrainFn, lambdas: Sequence[float], n_bins: Sequence[
       dpi: resolution of the drawn panels.
     """
     return LiveExplorer(train_fn, lambdas, n_bins, dims, value=value, cache=cache, dpi=dpi)
+
+
+def layer_explorer(x: np.ndarray, emb_by_name: Mapping[str, np.ndarray], g_by_name: Mapping[str, np.ndarray], *,
+                   x_min: float | None = None, x_max: float | None = None, dpi: int = 72) -> widgets.VBox:
+    """Drop-downs over models and layers that switch between precomputed panels, in the browser only.
+
+    Each (model, layer) gets one image of :func:`posenc.plot.plot_layer_panels` (first dimensions,
+    PCA path, ĝ). Layout: ``VBox([HBox([model, layer]), outer])`` where ``outer`` is a ``Stack``
+    with one child per model, each a ``Stack`` of one ``Image`` per layer; ``jslink`` ties the
+    model drop-down's index to ``outer`` and the layer drop-down's to every inner stack, so the
+    explorer works in the published page without a kernel.
+
+    Args:
+      x: ``[points]`` grid.
+      emb_by_name: model name -> ``[layers, points, dim]`` embedding (``posenc.interpret.sample``).
+      g_by_name: the same names -> ``[layers, points, dim]`` derivatives (``sample(..., order=1)``).
+      x_min, x_max: the range x̂ is normalised by (default: the grid's extremes).
+      dpi: resolution of the PNGs embedded in the page.
+
+    Raises:
+      ValueError: no model, different names in the two mappings, or models with different
+        numbers of layers.
+    """
+    names = list(emb_by_name)
+    if not names or set(names) != set(g_by_name):
+        raise ValueError(f"need the same non-empty names in both mappings, got {names} and {list(g_by_name)}")
+    n_layers = {np.shape(emb_by_name[t])[0] for t in names} | {np.shape(g_by_name[t])[0] for t in names}
+    if len(n_layers) != 1:
+        raise ValueError(f"models have different numbers of layers: {sorted(n_layers)}")
+    layers = range(n_layers.pop())
+
+    def image(name: str, layer: int) -> widgets.Image:
+        fig = plot_layer_panels(x, emb_by_name[name][layer], g_by_name[name][layer], x_min=x_min, x_max=x_max,
+                                title=f"{name}, layer {layer + 1}")
+        return widgets.Image(value=_png(fig, dpi), format="png", layout=_fit_width())
+
+    inners = [widgets.Stack([image(t, i) for i in layers], selected_index=0) for t in names]
+    outer = widgets.Stack(inners, selected_index=0)
+    model_dd = widgets.Dropdown(options=names, description="model")
+    layer_dd = widgets.Dropdown(options=[f"layer {i + 1}" for i in layers], description="layer")
+    box = widgets.VBox([widgets.HBox([model_dd, layer_dd]), outer])
+    # the links live as long as the box: a jslink dropped by Python is closed in the browser too
+    box.links = [widgets.jslink((model_dd, "index"), (outer, "selected_index"))]
+    box.links += [widgets.jslink((layer_dd, "index"), (inner, "selected_index")) for inner in inners]
+    return box

@@ -75,3 +75,24 @@ def test_axes_argument_draws_into_an_existing_figure():
     fig, axes = plt.subplots(1, 2)
     assert P.plot_dimensions(X, EMB, n=2, ax=axes[1]) is fig
     assert len(axes[1].get_lines()) == 2 and len(axes[0].get_lines()) == 0
+
+
+def test_plot_layer_panels_draws_three_panels_off_pyplot():
+    g = np.gradient(EMB, X, axis=0)
+    fig = P.plot_layer_panels(X, EMB, g, title="one layer")
+    assert len(fig.axes) >= 3  # the PCA panel adds a colorbar
+    assert len(fig.axes[0].lines) == 10 and fig.get_suptitle() == "one layer"
+    assert plt.get_fignums() == []  # not registered with pyplot: nothing leaks into a notebook
+
+
+def test_plot_similarity_panels_share_one_colour_scale():
+    a = np.array([[1.0, 0.3], [0.3, 0.9]])
+    b = np.array([[0.8, 0.1], [0.1, 0.7]])
+    fig = P.plot_similarity_panels({"first": a, "second": b}, ["p", "q"])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and all(im.get_clim() == (0.1, 1.0) for im in images)
+    # labels switch to white on the dark part of the shared scale: 0.1 + 0.6 * 0.9 = 0.64
+    texts = {t.get_text(): t.get_color() for ax in fig.axes for t in ax.texts}
+    assert texts["0.100"] == "white" and texts["0.900"] == "black"
+    with pytest.raises(ValueError, match="empty"):
+        P.plot_similarity_panels({}, ["p"])

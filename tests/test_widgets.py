@@ -194,3 +194,23 @@ def test_live_explorer_uses_a_given_cache_and_reports_failures(grid: ResultsGrid
     live = live_explorer(broken, LAMBDAS, N_BINS, (DIM, 8), cache=grid.as_cache())
     live.dim_slider.value = 8
     assert "training failed" in live.status.value and "diverged &lt;NaN&gt;" in live.status.value
+
+
+def test_layer_explorer_one_image_per_model_and_layer_linked_in_the_browser():
+    from posenc.widgets import layer_explorer
+
+    x = np.linspace(0.0, 1.0, 50)
+    emb = {name: np.stack([np.sin((k + 1) * np.outer(x, np.arange(1, 5))) for k in range(2)]) for name in "ab"}
+    g = {name: np.gradient(e, x, axis=1) for name, e in emb.items()}
+    box = layer_explorer(x, emb, g)
+    (model_dd, layer_dd), outer = box.children[0].children, box.children[1]
+    assert list(model_dd.options) == ["a", "b"] and list(layer_dd.options) == ["layer 1", "layer 2"]
+    assert [len(inner.children) for inner in outer.children] == [2, 2]
+    pngs = {img.value for inner in outer.children for img in inner.children}
+    assert len(pngs) == 4  # four different pictures
+    linked = {(link.source[0], link.target[0]) for link in box.links}
+    assert (model_dd, outer) in linked and all((layer_dd, inner) in linked for inner in outer.children)
+    with pytest.raises(ValueError, match="same non-empty names"):
+        layer_explorer(x, emb, {"a": g["a"]})
+    with pytest.raises(ValueError, match="numbers of layers"):
+        layer_explorer(x, {**emb, "b": emb["b"][:1]}, {**g, "b": g["b"][:1]})

@@ -1,0 +1,90 @@
+"""Reading committed training runs: ``<results>/runs/<dataset>/<backbone>/<arm>/seed<k>/``.
+
+``scripts/run_grid.py`` writes one folder per run (the dataset's ``:`` becomes ``-``, as in
+``md17-ethanol`` or ``qm9-U0``) holding ``result.json`` (config, test metrics, units),
+``run_info.json`` (CPU time, how far the tables moved), ``metrics.csv`` (one row per epoch) and,
+for table encodings, ``encoding_tables.npz``. The chapters read the committed runs with these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from posenc.interpret import Tables
+
+
+def run_dir(results: str | os.PathLike, dataset: str, backbone: str, arm: str, seed: int = 1) -> Path:
+    """The folder of one run.
+
+    Args:
+      results: the results folder (the one holding ``runs/``).
+      dataset: ``"md17:ethanol"``, ``"qm9:U0"``, ... (or already ``"md17-ethanol"``).
+      backbone, arm: e.g. ``"egnn"``, ``"smooth"``.
+      seed: the seed, or the rMD17 split for MD17 runs.
+    """
+    if not dataset or "/" in dataset:
+        raise ValueError(f"dataset must be a name like 'md17:ethanol', got {dataset!r}")
+    return Path(results) / "runs" / dataset.replace(":", "-") / backbone / arm / f"seed{seed}"
+
+
+def read_json(run: str | os.PathLike, name: str = "result.json") -> dict[str, Any] | None:
+    """``run/name`` parsed, or None when the run has no such file (not run, or not committed)."""
+    path = Path(run) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_test_metric(run: str | os.PathLike, metric: str = "force_mae") -> float:
+    """A test metric of a run's ``result.json``; NaN when the run is missing.
+
+    Raises:
+      KeyError: the run exists but its test results have no ``metric``.
+    """
+    result = read_json(run)
+    return math.nan if result is None else float(result["test"][metric])
+
+
+def config_summary(result: Mapping[str, Any] | None, tables: Sequence[Tables]) -> dict[str, Any]:
+    """One row describing a run's model and its learned tables (for a table of runs).
+
+    Args:
+      result: the run's ``result.json`` (None: the config entries show ``?``/None).
+      tables: the run's tables, one per layer (``posenc.interpret.load_tables``).
+    """
+    if not tables:
+        raise ValueError("tables is empty: a table-encoding run has at least one layer")
+    cfg = (result or {}).get("config", {})
+    n_bin, dim = tables[0].values.shape
+    return {
+        "backbone": f"{cfg.get('backbone', '?')} {cfg.get('n_layers', '?')}x{cfg.get('hidden', '?')}",
+        "tables (layers x bins x dim)": f"{len(tables)} x {n_bin} x {dim}",
+        "range (Å)": f"{tables[0].x_min:g} to {tables[0].x_max:g}",
+        "init": cfg.get("init") or "sinusoidal (default)",
+        "λ": cfg.get("lam"),
+        "epochs": cfg.get("epochs"),
+        "molecules loaded": cfg.get("qm9_subset"),
+    }
+
+
+def reached_movement(info: Mapping[str, Any] | None) -> dict[str, float]:
+    """How far a run's value tables moved where the training data reach and where they do not.
+
+    Args:
+      info: the run's ``run_info.json``; its ``tables`` list holds one entry per layer.
+
+    Returns:
+      ``{"values moved, reached rows", "values moved, unreached rows", "rows reached"}``, means
+      over the layers; empty when the run recorded no such split (older runs).
+    """
+    layers = (info or {}).get("tables") or []
+    keys = ("values_rel_change_reached", "values_rel_change_unreached", "bins_reached")
+    if not layers or not all(all(k in layer for k in keys) for layer in layers):
+        return {}
+    mean = {k: float(sum(layer[k] for layer in layers) / len(layers)) for k in keys}
+    return {"values moved, reached rows": mean["values_rel_change_reached"],
+            "values moved, unreached rows": mean["values_rel_change_unreached"],
+            "rows reached": round(mean["bins_reached"])}

@@ -1,0 +1,52 @@
+"""posenc.runs: the committed run folders and what the chapters read from them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from posenc.interpret import Tables
+from posenc.runs import config_summary, reached_movement, read_json, run_dir, read_test_metric
+
+
+def test_run_dir_follows_the_grid_layout(tmp_path):
+    assert run_dir(tmp_path, "md17:ethanol", "egnn", "posenc") == tmp_path / "runs/md17-ethanol/egnn/posenc/seed1"
+    assert run_dir(tmp_path, "qm9-U0", "egnn", "smooth", 3).name == "seed3"
+    with pytest.raises(ValueError, match="dataset"):
+        run_dir(tmp_path, "md17/ethanol", "egnn", "raw")
+
+
+def test_read_json_and_test_metric(tmp_path):
+    run = run_dir(tmp_path, "md17:ethanol", "egnn", "raw")
+    assert read_json(run) is None and math.isnan(read_test_metric(run))
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"test": {"force_mae": 12.5}}))
+    assert read_json(run) == {"test": {"force_mae": 12.5}}
+    assert read_test_metric(run) == 12.5
+    with pytest.raises(KeyError):
+        read_test_metric(run, "energy_mae")
+
+
+def test_config_summary_describes_model_and_tables():
+    tables = [Tables(np.zeros((64, 32)), np.zeros((64, 32)), 0.0, 5.0)] * 4
+    result = {"config": {"backbone": "egnn", "n_layers": 4, "hidden": 64, "lam": 0.1, "epochs": 30,
+                         "qm9_subset": 5000}}
+    row = config_summary(result, tables)
+    assert row["backbone"] == "egnn 4x64" and row["tables (layers x bins x dim)"] == "4 x 64 x 32"
+    assert row["range (Å)"] == "0 to 5" and row["init"] == "sinusoidal (default)" and row["λ"] == 0.1
+    assert config_summary(None, tables)["backbone"] == "? ?x?"
+    with pytest.raises(ValueError, match="empty"):
+        config_summary(result, [])
+
+
+def test_reached_movement_averages_the_layers():
+    info = {"tables": [{"values_rel_change_reached": 0.1, "values_rel_change_unreached": 0.3, "bins_reached": 40},
+                       {"values_rel_change_reached": 0.3, "values_rel_change_unreached": 0.5, "bins_reached": 43}]}
+    moved = reached_movement(info)
+    assert moved["values moved, reached rows"] == pytest.approx(0.2)
+    assert moved["values moved, unreached rows"] == pytest.approx(0.4)
+    assert moved["rows reached"] == 42  # 41.5 rounds to even
+    assert reached_movement(None) == {} and reached_movement({"tables": [{"bins_reached": 3}]}) == {}
