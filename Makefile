@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VENDOR := book/_vendor
-EXTRAS := torch,haiku,triton,data,models,plot,book,dev
+EXTRAS := torch,haiku,triton,data,models,plot,book,dev,scale
 
 .PHONY: venv lint test unit nbval book vendor check-book benchmark clean
 

@@ -2,8 +2,9 @@
 
 MD17 (Table 1): molecules x backbones {egnn, transformer} x arms {raw, posenc, smooth} x splits;
 QM9 (Table 2): targets x egnn x arms {raw, mlp, posenc, smooth} x seeds. Every run goes through
-:func:`posenc.trainer.train` with one :class:`posenc.training.TrainConfig`, in ``--jobs``
-worker processes of one torch thread each. The main arms differ only in the distance encoding
+:func:`posenc.trainer.train` with one :class:`posenc.training.TrainConfig`, ``--jobs`` at a time,
+one torch thread each, as ``submitit`` jobs (``--executor local``: processes on this machine;
+``--executor slurm``: SLURM jobs; with local and ``--jobs 1``, in this process). The main arms differ only in the distance encoding
 and in the learning rate each was given by the lr study:
 
 =======  ==========================================================================
@@ -41,18 +42,18 @@ Examples::
     python scripts/run_grid.py --dataset md17 --study lr --molecules ethanol --seeds 1 --jobs 2
     python scripts/run_grid.py --dataset md17 --study ablation --molecules ethanol --seeds 1 --jobs 2
     python scripts/run_grid.py --dataset md17 --study long --molecules ethanol --seeds 1 --jobs 2
+    python scripts/run_grid.py --dataset md17 --seeds 1 2 3 5 --budget full --executor slurm \\
+        --slurm-partition cpu --jobs 40
     python scripts/run_grid.py --aggregate-only
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import csv
 import dataclasses
 import datetime as dt
 import json
-import multiprocessing
 import os
 import platform
 import shutil
@@ -553,8 +554,12 @@ def run_state(spec: RunSpec, results_dir: Path) -> str:
 
 
 def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scratch_dir: Path = DEFAULT_SCRATCH,
-             jobs: int = 1, overwrite: bool = False, log: Any = print) -> list[dict[str, Any]]:
-    """Runs every spec not finished yet, ``jobs`` at a time (1: in this process).
+             jobs: int = 1, overwrite: bool = False, log: Any = print, executor: str = "local",
+             slurm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Runs every spec not finished yet, ``jobs`` at a time.
+
+    ``executor="local"`` with ``jobs`` 1 runs them one after the other in this process; otherwise
+    each run is a job of :func:`submit_runs` (``submitit``: local processes, or SLURM jobs).
 
     Raises:
       RuntimeError: a finished run with a different config (another budget) is in the way and
@@ -570,22 +575,91 @@ def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scra
     log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already finished, {len(todo)} to run, jobs={jobs}")
     for rel_dir in failed:
         log(f"FAILED (flagged earlier, not rerun) {rel_dir}")
+    if jobs > 1 or executor != "local":
+        return submit_runs(todo, results_dir, scratch_dir, jobs=jobs, executor=executor, slurm=slurm, log=log)
     infos = []
-    if jobs <= 1:
-        for k, spec in enumerate(todo, 1):
-            info = run_one(spec, str(results_dir), str(scratch_dir))
-            infos.append(info)
-            log(_line(k, len(todo), spec, info))
-        return infos
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_one, s, str(results_dir), str(scratch_dir)): s for s in todo}
-        for k, fut in enumerate(cf.as_completed(futures), 1):
-            spec = futures[fut]
+    for k, spec in enumerate(todo, 1):
+        info = run_one(spec, str(results_dir), str(scratch_dir))
+        infos.append(info)
+        log(_line(k, len(todo), spec, info))
+    return infos
+
+
+#: ``--executor``: ``submitit``'s local processes, or SLURM jobs.
+EXECUTORS = ("local", "slurm")
+
+
+def _run_job(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]:
+    """One run in a job's fresh process: one thread (set before torch is imported), then :func:`run_one`."""
+    _worker_init()
+    return run_one(spec, results_dir, scratch_dir)
+
+
+def make_executor(kind: str, folder: Path, slurm: dict[str, Any] | None = None) -> Any:
+    """A ``submitit`` executor whose jobs log to ``folder``.
+
+    Args:
+      kind: ``local`` (a process per run on this machine) or ``slurm`` (a SLURM job per run).
+      folder: where submitit keeps each job's pickled call, result and logs.
+      slurm: SLURM settings: ``partition``, ``minutes`` (time limit), ``gpus`` (per job), and
+        any further ``slurm_*`` parameter of ``submitit.AutoExecutor.update_parameters``.
+
+    Raises:
+      ValueError: an unknown ``kind``.
+      RuntimeError: ``slurm`` on a machine without SLURM (``sbatch`` not found), from submitit.
+    """
+    import submitit
+
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {kind!r}")
+    if kind == "local":
+        return submitit.LocalExecutor(folder=folder)
+    options = dict(slurm or {})
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(name="posenc-grid", cpus_per_task=1, timeout_min=int(options.pop("minutes", 24 * 60)),
+                               gpus_per_node=int(options.pop("gpus", 0)),
+                               slurm_partition=options.pop("partition", None),
+                               slurm_setup=["export OMP_NUM_THREADS=1"], **options)
+    return executor
+
+
+def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *, jobs: int, executor: str,
+                slurm: dict[str, Any] | None = None, log: Any = print,
+                poll_seconds: float = 1.0) -> list[dict[str, Any]]:
+    """Runs ``todo`` as ``submitit`` jobs, at most ``jobs`` at a time, and reports each as it ends.
+
+    Each job is :func:`run_one` (which resumes an unfinished scratch run), so a grid interrupted
+    anywhere, local or on a cluster, continues where its runs stopped on the next call. A failed
+    job is reported and does not stop the others. submitit's files (the pickled call, logs) go to
+    ``scratch_dir/submitit``.
+
+    Returns:
+      The ``run_info.json`` payloads of the runs that ended, in the order they ended.
+    """
+    if not todo:
+        return []
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    if __name__ != "__main__":  # imported by path (tests): the jobs cannot import it by name
+        cloudpickle.register_pickle_by_value(module)
+    pool = make_executor(executor, Path(scratch_dir) / "submitit", slurm)
+    pending, running, infos, k = list(todo), {}, [], 0
+    while pending or running:
+        while pending and len(running) < max(jobs, 1):
+            spec = pending.pop(0)
+            running[pool.submit(_run_job, spec, str(results_dir), str(scratch_dir))] = spec
+        ended = [job for job in running if job.done()]
+        if not ended:
+            time.sleep(poll_seconds)
+            continue
+        for job in ended:
+            spec, k = running.pop(job), k + 1
             try:
-                info = fut.result()
+                info = job.result()
             except Exception as err:  # one failed run must not stop the others; it is reported
-                log(f"[{k}/{len(todo)}] FAILED {spec.rel_dir}: {type(err).__name__}: {err}")
+                log(f"[{k}/{len(todo)}] FAILED {spec.rel_dir}: {type(err).__name__}: {str(err)[-2000:]} "
+                    f"(job {job.job_id}, logs in {Path(scratch_dir) / 'submitit'})")
                 continue
             infos.append(info)
             log(_line(k, len(todo), spec, info))
@@ -940,7 +1014,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qm9-seeds", nargs="+", type=int, default=None, help="QM9 seeds (default: --seeds)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="reduced")
     p.add_argument("--device", default=None, help="override the budget's torch device")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="how runs are started (submitit): local processes, or SLURM jobs; with local and --jobs 1, "
+                        "one after the other in this process")
+    p.add_argument("--slurm-partition", default=None, help="SLURM partition of the jobs (--executor slurm)")
+    p.add_argument("--slurm-minutes", type=int, default=24 * 60, help="SLURM time limit of each job, minutes")
+    p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs of each SLURM job (with --device cuda)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--scratch-dir", type=Path, default=DEFAULT_SCRATCH,
                    help="checkpoints (git-ignored, never committed)")
@@ -982,8 +1062,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{run_state(spec, args.results_dir):8s} {spec.rel_dir}  epochs={spec.config['epochs']}")
         return 0
     started, tic = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    slurm = {"partition": args.slurm_partition, "minutes": args.slurm_minutes, "gpus": args.slurm_gpus}
     infos = run_grid(specs, args.results_dir, args.scratch_dir, jobs=args.jobs, overwrite=args.overwrite,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), executor=args.executor, slurm=slurm)
     invocation = {"date": started, "wall_minutes": round((time.perf_counter() - tic) / 60, 1),
                   "runs": len(infos), "budget": budget.name, "jobs": args.jobs,
                   "command": "python scripts/run_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),

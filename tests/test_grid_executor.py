@@ -1,0 +1,53 @@
+"""scripts/run_grid.py's runs as submitit jobs: two local jobs at once, skipped when the grid runs again."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
+_spec = importlib.util.spec_from_file_location("run_grid", SCRIPT)
+grid = importlib.util.module_from_spec(_spec)
+sys.modules["run_grid"] = grid  # dataclasses look their module up by name
+_spec.loader.exec_module(grid)
+
+#: One epoch of a one-layer model on a few toy molecules.
+TINY = grid.Budget("tiny", md17_epochs_9=1, md17_cost_power=0.0, min_epochs=1, qm9_epochs=1, qm9_subset=None,
+                   config={"n_layers": 1, "hidden": 8, "batch_size": 8, "n_train": 16, "n_val": 8, "n_test": 8})
+
+
+def test_local_executor_runs_two_jobs_and_skips_them_when_run_again(tmp_path):
+    results, scratch = tmp_path / "results", tmp_path / "scratch"
+    specs = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw", "smooth"), seeds=[1], budget=TINY)
+    lines = []
+    infos = grid.run_grid(specs, results, scratch, jobs=2, executor="local", log=lines.append)
+    assert len(infos) == 2 and all(i["finished"] and not i["flags"] for i in infos), lines
+    assert {(i["arm"], i["seed"]) for i in infos} == {("raw", 1), ("smooth", 1)}
+    for spec in specs:
+        saved = json.loads((results / spec.rel_dir / "result.json").read_text())
+        assert saved["finished"] and saved["config"]["out_dir"] == spec.rel_dir.as_posix()
+    assert list((scratch / "submitit").glob("*_result.pkl"))  # they ran as submitit jobs
+    assert all(grid.run_state(s, results) == "done" for s in specs)
+    # resume by result: nothing left to run, nothing submitted
+    shutil.rmtree(scratch / "submitit")
+    lines.clear()
+    assert grid.run_grid(specs, results, scratch, jobs=2, executor="local", log=lines.append) == []
+    assert "2 already finished, 0 to run" in lines[0] and not (scratch / "submitit").exists()
+
+
+def test_a_failed_job_is_reported_and_the_others_finish(tmp_path):
+    specs = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw", "smooth"), seeds=[1], budget=TINY)
+    broken = grid.RunSpec(**{**specs[0].__dict__, "config": {**specs[0].config, "encoding": "nope"}})
+    lines = []
+    infos = grid.submit_runs([broken, specs[1]], tmp_path / "results", tmp_path / "scratch", jobs=2,
+                             executor="local", log=lines.append)
+    assert [i["arm"] for i in infos] == ["smooth"]
+    assert any(line.startswith("[") and "FAILED" in line and str(broken.rel_dir) in line for line in lines), lines
+
+
+def test_unknown_executor_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="executor must be one of"):
+        grid.make_executor("cloud", tmp_path)
