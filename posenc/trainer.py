@@ -53,6 +53,7 @@ from posenc.training import (
     load_data,
     mae_summary,
     output_stats,
+    patience_ran_out,
     resolve,
     save_encoding_tables,
     warmup_steps,
@@ -78,13 +79,15 @@ class TrainingBackend(Protocol):
     Attributes:
       suffix: the checkpoint files' suffix (``".pt"``, ``".npz"``).
       n_species: atomic numbers ``0..n_species - 1`` the model embeds (the rows of ``atom_ref``).
-      main: whether this process writes the run's files (rank 0 of a torch job; always in Haiku,
-        which drives all its devices from one process).
     """
 
     suffix: str
     n_species: int
-    main: bool
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0 of a torch job; always in Haiku,
+        which drives all its devices from one process)."""
 
     def run_epoch(self, order: list[np.ndarray]) -> np.ndarray:
         """One optimiser step per index array of training molecules, in this order.
@@ -222,13 +225,16 @@ def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBacke
                              resumable=True)
                 write_metrics(out_dir, history)
             bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{primary:.4g}")
+            if patience_ran_out(config, epoch + 1, best["epoch"]):
+                end = epoch + 1
+                break
     except DataParallelError as err:  # from a collective of run_epoch or evaluate, before the epoch's files
         saved = history[-1]["epoch"] if history else start
         advice = (f"the last checkpoint {out_dir / f'last{suffix}'} (epoch {saved}) is intact: run the same command "
                   "with --resume (on any number of devices)" if saved else "no epoch had finished: start it again")
         raise DataParallelError(f"{err} in epoch {saved + 1}; the job stops, and {advice}") from err
 
-    finished = end == config.epochs and not health.stopped
+    finished = (end == config.epochs or patience_ran_out(config, end, best["epoch"])) and not health.stopped
     test: dict[str, float] = {}
     if finished:
         backend.restore(out_dir / f"best{suffix}", resumable=False)
