@@ -72,6 +72,7 @@ _HELP = {
     "resume": "continue from OUT_DIR/last.*",
     "quick": "small subset, few epochs, small model (seconds to minutes on a laptop)",
     "stop_after": "stop after this many epochs (resume later)",
+    "stop_patience": "end the run (tested on its best weights) after this many epochs without a better validation error",
     "encoding_kwargs": "JSON dict of further encoding arguments, e.g. '{\"init\": \"gaussian\"}'",
 }
 

@@ -79,6 +79,9 @@ class TrainConfig:
       epochs: epochs of the whole run (also the cosine horizon).
       stop_after: stop after this many epochs (a planned interruption: resume later with
         ``resume=True`` and the same config).
+      stop_patience: end the run early, as finished (tested on its best weights), once the
+        validation error has not improved for this many epochs after the warm-up (None: train
+        all ``epochs``; the cosine horizon stays ``epochs`` either way).
       batch_size: molecules per batch.
       energy_weight, force_weight: weights of the two terms of the energy/force loss.
       loss: ``mse`` or ``l1``, on targets divided by the training scale.
@@ -122,6 +125,7 @@ class TrainConfig:
     patience: int = 10
     epochs: int = 100
     stop_after: int | None = None
+    stop_patience: int | None = None
     batch_size: int = 16
     energy_weight: float = 0.01
     force_weight: float = 0.99
@@ -187,6 +191,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (out.dtype in ("float32", "float64"), f"dtype must be float32|float64, got {out.dtype!r}"),
         (out.epochs >= 1 and out.batch_size >= 1, "epochs and batch_size must be >= 1"),
         (out.stop_after is None or out.stop_after >= 1, "stop_after must be >= 1"),
+        (out.stop_patience is None or out.stop_patience >= 1, f"stop_patience must be >= 1, got {out.stop_patience}"),
         (out.lam >= 0, f"lambda must be >= 0, got {out.lam}"),
         (out.lr > 0, f"lr must be > 0, got {out.lr}"),
         (out.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {out.warmup_epochs}"),
@@ -333,6 +338,15 @@ def output_stats(train: Molecules, n_species: int) -> dict[str, np.ndarray]:
     return {"scale": np.where(scale > 0, scale, 1.0), "atom_ref": atom_ref, "mol_shift": coef[-1]}
 
 
+def patience_ran_out(config: TrainConfig, epoch: int, best_epoch: int) -> bool:
+    """Whether ``config.stop_patience`` ends a run after ``epoch`` (1-based), its best validation
+    error having been at ``best_epoch``: the epochs since the later of the best epoch and the end
+    of the warm-up reach the patience. Always False without a patience."""
+    if config.stop_patience is None:
+        return False
+    return epoch - max(best_epoch, math.ceil(config.warmup_epochs)) >= config.stop_patience
+
+
 def lr_factor(step: Any, total: int, warmup: int, alpha: float, xp: Any = np) -> Any:
     """The multiplier of the base rate at optimiser step ``step`` (0-based): warm-up, then cosine.
 
@@ -454,7 +468,7 @@ class TrainResult:
       units: the target units.
       x_range: the encoded distance range.
       finished: False when ``stop_after`` ended the run before ``epochs``, or a non-finite loss
-        stopped it.
+        stopped it (True when ``stop_patience`` ended it: the history's length says when).
       distance_scale: the training set's rms interatomic distance (Angstrom); encodings in
         :data:`posenc.encoding_defaults.SCALED_ENCODINGS` read ``distance / distance_scale``.
       flags: what :class:`posenc.run_health.RunHealth` flagged (``"stuck at epoch 5: ..."``);

@@ -12,6 +12,7 @@ from posenc.encoding_defaults import distance_scale
 from posenc.torch.train import load_checkpoint
 from posenc.trainer import train
 from posenc.training import (QUICK_PROFILE, TrainConfig, cut_data, encoding_overrides, lr_factor, output_stats,
+                             patience_ran_out,
                              parse_dataset, resolve)
 
 TINY = dict(n_layers=1, hidden=8, batch_size=4, n_train=12, n_val=4, n_test=4, progress=False,
@@ -292,3 +293,24 @@ def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(ValueError, match="pickle"):  # an old run directory: resume names the formats
         train(TrainConfig(resume=True, **config), md17_like())
     assert not marker.exists()
+
+
+def test_stop_patience_ends_a_run_that_stopped_improving(tmp_path):
+    # a rate far below float32's resolution leaves the weights, and so the validation error, unchanged:
+    # the best epoch stays the first, and the run ends `stop_patience` epochs later, finished and tested
+    base = dict(dataset="md17:toy", epochs=20, lr=1e-30, min_lr=1e-31, warmup_epochs=0, **TINY)
+    result = train(TrainConfig(out_dir=str(tmp_path / "run"), stop_patience=3, **base), md17_like())
+    assert result.finished and result.best_epoch == 1 and len(result.history) == 4
+    assert set(result.test) == {"energy_mae", "force_mae"}
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["finished"] and len(saved["history"]) == 4
+    with pytest.raises(ValueError, match="stop_patience must be >= 1"):
+        resolve(TrainConfig(stop_patience=0, **base))
+
+
+def test_patience_counts_from_the_end_of_the_warm_up():
+    config = TrainConfig(stop_patience=5, warmup_epochs=2.0)
+    assert not patience_ran_out(config, 6, best_epoch=1)  # 4 epochs after the warm-up's end
+    assert patience_ran_out(config, 7, best_epoch=1)
+    assert not patience_ran_out(config, 14, best_epoch=10) and patience_ran_out(config, 15, best_epoch=10)
+    assert not patience_ran_out(TrainConfig(), 1000, best_epoch=1)
