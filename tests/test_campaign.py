@@ -37,7 +37,7 @@ def _finish(results: Path, spec, best_val: float, force: float = 10.0, flags: tu
 
 
 def test_tuning_unlocks_the_later_stages(tmp_path):
-    first = campaign.plan(tmp_path)
+    first = campaign.plan(tmp_path, qm9=False)
     assert [s.arm for s in first] == [s.arm for s in campaign.tune_specs()]  # nothing else is configurable
     assert {s.config["epochs"] for s in first} == {campaign.TUNE_EPOCHS}
     assert all(s.config["md17_labels"] == "md17" and s.config["md17_split"] == 1 for s in first)
@@ -48,7 +48,7 @@ def test_tuning_unlocks_the_later_stages(tmp_path):
     smooth = [s for s in campaign.plan(tmp_path) if s.arm.startswith("tune-smooth")]
     assert [s.config["lam"] for s in smooth] == list(campaign.LAM_CANDIDATES)
     assert {s.config["lr"] for s in smooth} == {1e-3}  # posenc's choice
-    main = [s for s in campaign.plan(tmp_path) if not s.arm.startswith("tune-")]
+    main = [s for s in campaign.plan(tmp_path, qm9=False) if not s.arm.startswith("tune-")]
     assert {s.arm for s in main} == {"posenc"}  # smooth waits for its lambda, the others for their rates
     assert all(s.config["lr"] == 1e-3 and s.config["epochs"] == campaign.EPOCHS for s in main)
 
@@ -107,11 +107,28 @@ def test_report_names_failures_and_unrun_rows(tmp_path):
     _main(tmp_path, "raw", 1, 10.0)
     _main(tmp_path, "posenc", 1, 9.0, flags=("stuck",))
     (tmp_path / "qm9_composition.csv").write_text(  # computed once from QM9, then read back
-        "target,unit,n_train,n_test,test_mae,test_std\nU0,meV,7643,1000,847.3,10278.6\n")
+        "target,unit,n_train,n_test,test_mae,test_std\nU0,meV,7643,1000,847.3,10278.6\n"
+        "homo,meV,7643,1000,385.1,576.9\nmu,D,7643,1000,0.97,1.4\n")
     campaign.write_report(tmp_path)
     text = (tmp_path / "README.md").read_text()
     assert "| ethanol | 10.0 (1) | not run |" in text  # the flagged posenc run is not a result
     assert "- ethanol egnn posenc split 1: stuck" in text
     assert "| benzene | not run |" in text
-    assert "| U0 | meV | 7643 | 1000 | 847.3 | 1.028e+04 |" in text
+    assert "| U0 | meV | not run | not run | not run | not run | 847.3 | 1.028e+04 | 11 | 10 | 9 | 9 |" in text
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
+
+
+def test_qm9_runs_share_one_recipe_and_wait_for_lambda(tmp_path):
+    specs = campaign.qm9_specs({})
+    assert {s.arm for s in specs} == {"raw", "mlp", "posenc"}  # smooth's lambda is chosen on MD17 first
+    assert len(specs) == 3 * len(campaign.QM9_TARGETS) * len(campaign.QM9_SEEDS)
+    assert {(s.config["lr"], s.config["stop_patience"], s.config["qm9_subset"]) for s in specs} == {(5e-4, 30, 10_000)}
+    smooth = [s for s in campaign.qm9_specs({"smooth": {"lr": 1e-3, "lam": 0.1}}) if s.arm == "smooth"]
+    assert {s.config["lam"] for s in smooth} == {0.1} and {s.config["lr"] for s in smooth} == {5e-4}
+    spec = specs[0]
+    _finish(tmp_path, spec, 30.0)
+    result = json.loads((tmp_path / spec.rel_dir / "result.json").read_text())
+    result.update(test={"mae": 30.0}, units=["meV"])
+    (tmp_path / spec.rel_dir / "result.json").write_text(json.dumps(result))
+    (row,) = campaign.qm9_table(tmp_path)
+    assert (row["target"], row["arm"], row["n"], row["mae"], row["paper_mae"]) == ("U0", "raw", 1, 30.0, 11.0)
