@@ -13,7 +13,13 @@ protocol on a pipe (``--remote-debugging-pipe``; standard library only). For eac
     proxy saw that no page made are Chromium's own background services (the Debian build enables
     extension updates and Google sign-in, for example). They are listed, and they were refused too;
 (d) widgets: pages with embedded Jupyter widgets (e.g. tqdm progress bars) rendered all of them;
-(e) scripts: no JavaScript exception.
+(e) scripts: no JavaScript exception;
+(f) width: no code block (a cell's code, its text output, any other ``<pre>``), figure or cell
+    output is wider than its column at a 1280 px window. An element whose ``scrollWidth`` exceeds
+    its ``clientWidth`` (a ``<pre>``, a cell's output, a widget's area), or an image reaching past
+    the article's right edge, fails the page, named by its cell (``cell 7 of 21`` and the cell's
+    first line of code). Collapsed cells are opened first, since a reader may open them. Wide
+    tables scroll in their own box (the theme's design): they are listed, not failed.
 
 A full-page screenshot of each chapter (half scale) is written to ``_build/check/`` for a human look.
 
@@ -44,7 +50,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-WINDOW = (1200, 2000)  # browser window, CSS pixels
+WINDOW = (1280, 2000)  # browser window, CSS pixels: a laptop screen
 PAGE_TIMEOUT = 60.0  # seconds for one page to load, typeset and render its widgets
 
 # Known and harmless upstream issue, not raised by anything in this repository: with Sphinx 7.4,
@@ -79,6 +85,57 @@ PROBE = """(async () => {
     widgets_rendered: rendered(),
     page_height: document.documentElement.scrollHeight,
   };
+})()"""
+
+# Evaluated after the screenshot: opens every collapsed cell, then lists what is wider than its
+# column. One pixel of slack absorbs sub-pixel rounding.
+OVERFLOW_PROBE = """(() => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const article = document.querySelector("article") || document.body;
+  const right = article.getBoundingClientRect().right;
+  const cells = Array.from(article.querySelectorAll("div.cell"));
+  const where = (el) => {
+    const cell = el.closest("div.cell");
+    if (!cell) {
+      const text = (el.textContent || el.getAttribute("src") || "").trim().split("\\n")[0].slice(0, 60);
+      return `outside the cells ("${text}")`;
+    }
+    const code = cell.querySelector(".cell_input pre");
+    const first = code ? code.textContent.trim().split("\\n")[0].slice(0, 60) : "input hidden";
+    return `cell ${cells.indexOf(cell) + 1} of ${cells.length} ("${first}")`;
+  };
+  const found = [];
+  const visible = (el) => el.getClientRects().length > 0;
+  for (const pre of article.querySelectorAll("pre")) {
+    if (visible(pre) && pre.scrollWidth > pre.clientWidth + 1) {
+      found.push({kind: pre.closest(".cell_output") ? "text output" : "code block", where: where(pre),
+                  scroll: pre.scrollWidth, client: pre.clientWidth});
+    }
+  }
+  for (const out of article.querySelectorAll(".cell_output")) {
+    if (visible(out) && out.scrollWidth > out.clientWidth + 1) {
+      found.push({kind: "cell output", where: where(out), scroll: out.scrollWidth, client: out.clientWidth});
+    }
+  }
+  // a widget (an explorer's controls and pictures) wider than the output area holding it
+  for (const box of article.querySelectorAll(".cell_output .widget-subarea")) {
+    if (visible(box) && box.scrollWidth > box.clientWidth + 1) {
+      found.push({kind: "widget", where: where(box), scroll: box.scrollWidth, client: box.clientWidth});
+    }
+  }
+  // tables scroll sideways inside their own box by design (the theme's); they are counted, not failed
+  const tables = Array.from(article.querySelectorAll(".cell_output table")).filter((t) => {
+    const box = t.parentElement;
+    return visible(t) && box.scrollWidth > box.clientWidth + 1;
+  }).map((t) => where(t));
+  for (const img of article.querySelectorAll("img")) {
+    const box = img.getBoundingClientRect();
+    if (visible(img) && box.right > right + 1) {
+      found.push({kind: "figure", where: where(img), scroll: Math.round(box.width),
+                  client: Math.round(right - box.left)});
+    }
+  }
+  return {found: found, scrolling_tables: tables};
 })()"""
 
 
@@ -267,6 +324,23 @@ def check_page(browser: Browser, page: str, url: str, shot: Path | None) -> Page
         shot.write_bytes(base64.b64decode(png))
         result.notes.append(f"screenshot {shot}")
 
+    # (f) width, measured with every collapsed cell open
+    wide = browser.call("Runtime.evaluate", {"expression": OVERFLOW_PROBE, "returnByValue": True},
+                        session=session)
+    measured = wide.get("result", {}).get("value")
+    if "exceptionDetails" in wide or measured is None:
+        result.failures.append(f"width probe failed: {wide.get('exceptionDetails')}")
+    else:
+        overflowing = measured["found"]
+        if measured["scrolling_tables"]:
+            result.notes.append(f"{len(measured['scrolling_tables'])} tables scroll sideways in their box "
+                                f"({'; '.join(measured['scrolling_tables'])})")
+        for item in overflowing:
+            result.failures.append(f"{item['kind']} wider than its column ({item['scroll']} px in "
+                                   f"{item['client']} px): {item['where']}")
+        result.notes.append("nothing wider than its column" if not overflowing
+                            else f"{len(overflowing)} elements wider than their column")
+
     # Everything the page (and its frames and workers) asked for, and every script exception.
     events = browser.events[start:]
     sessions |= {e["params"]["sessionId"] for e in events if e["method"] == "Target.attachedToTarget"}
@@ -343,7 +417,8 @@ def find_chromium(explicit: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--site", default="_build/html", help="the built site (default: _build/html)")
-    parser.add_argument("--pages", nargs="*", help="pages relative to the site (default: book/*.html, notebooks/*.html)")
+    parser.add_argument("--pages", nargs="*",
+                        help="pages relative to the site (default: book/*.html, notebooks/*.html)")
     parser.add_argument("--screenshots", default="_build/check", help="folder for chapter screenshots ('' for none)")
     parser.add_argument("--chromium", help="Chromium executable (default: $CHROMIUM, else chromium on PATH)")
     args = parser.parse_args(argv)
