@@ -26,7 +26,8 @@ Examples::
 
 The report (``--report``, also written after every run) reads only the committed files:
 ``README.md`` (the tuning, Table 1 beside the paper's, the paired differences with their verdict,
-the failed runs, what is not run yet), ``table1.csv``, ``paired.csv`` and ``learning_curves.png``.
+the failed runs, what is not run yet), ``table1.csv``, ``paired.csv``, ``tuning.csv``, ``qm9.csv``,
+``status.json`` (how far the campaign has got, the chosen settings) and ``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -469,13 +470,18 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     run_grid.write_csv(results_dir / "tuning.csv", tuning)
     curves = plot_curves(runs, results_dir / "learning_curves.png")
     planned = main_specs({arm: {"lr": 0.0, "lam": 0.0} for arm in ARMS}, molecules)
-    done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs}
+    done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs if not r.flags}
     cpu = sum(r.cpu_seconds for r in [*runs, *read_runs(results_dir, tuning=True)] if np.isfinite(r.cpu_seconds))
+    finished = sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)
+    (results_dir / "status.json").write_text(json.dumps(
+        {"main_runs_planned": len(planned), "main_runs_finished": finished, "tuning_runs_finished": len(tuning),
+         "epochs": EPOCHS, "tune_epochs": TUNE_EPOCHS, "cpu_hours": round(cpu / 3600, 2),
+         "settings": chosen_settings(results_dir)}, indent=1) + "\n")
     lines = ["# The converged campaign", "",
              "Written by `scripts/campaign.py --report` from the committed runs (do not edit by hand). The",
              "protocol, fixed before the first run, is [protocol.md](protocol.md). Force MAE in meV/Å, energy",
              "MAE in meV, on each split's 1,000 test frames; `mean ± std (number of splits)`.", "",
-             f"{sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)} of "
+             f"{finished} of "
              f"{len(planned)} planned main runs and {len(tuning)} tuning runs are finished; they took "
              f"{cpu / 3600:.1f} CPU-hours (one thread per run; a run cut and resumed counts its last part only).",
              "", "## Tuning (ethanol split 1, validation force MAE)", ""]

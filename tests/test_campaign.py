@@ -116,6 +116,8 @@ def test_report_names_failures_and_unrun_rows(tmp_path):
     assert "| benzene | not run |" in text
     assert "| U0 | meV | not run | not run | not run | not run | 847.3 | 1.028e+04 | 11 | 10 | 9 | 9 |" in text
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["main_runs_finished"], status["main_runs_planned"]) == (1, 37)
 
 
 def test_qm9_runs_share_one_recipe_and_wait_for_lambda(tmp_path):
