@@ -286,6 +286,11 @@ def _fit_width() -> widgets.Layout:
     return widgets.Layout(max_width="100%", height="auto")
 
 
+def _controls(*children: widgets.Widget) -> widgets.HBox:
+    """A row of controls that wraps onto a second line where the page is narrower than the row."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap"))
+
+
 def _index_of(values: Sequence, value: object, name: str) -> int:
     if value not in values:
         raise ValueError(f"{name} = {value!r} is not in the grid {tuple(values)}")
@@ -329,7 +334,7 @@ class StaticExplorer(widgets.VBox):
         self.links = [widgets.jslink((self.lam_slider, "index"), (self.outer, "selected_index"))]
         self.links += [widgets.jslink((self.n_bin_slider, "index"), (inner, "selected_index"))
                        for inner in self.inners]
-        super().__init__([widgets.HBox([self.lam_slider, self.n_bin_slider]), self.outer])
+        super().__init__([_controls(self.lam_slider, self.n_bin_slider), self.outer])
         self.add_class(STATIC_CLASS)  # lets a browser test find the explorer on a page
 
     def shown(self) -> widgets.Image:
@@ -385,7 +390,7 @@ class LiveExplorer(widgets.VBox):
         self.dim_slider = _slider("dim", dims, int(dim), continuous=False)
         self.image = widgets.Image(format="png", layout=_fit_width())
         self.status = widgets.HTML()
-        super().__init__([widgets.HBox([self.lam_slider, self.n_bin_slider, self.dim_slider]),
+        super().__init__([_controls(self.lam_slider, self.n_bin_slider, self.dim_slider),
                           self.status, self.image])
         self.add_class(LIVE_CLASS)
         self.refresh()
@@ -473,7 +478,7 @@ def layer_explorer(x: np.ndarray, emb_by_name: Mapping[str, np.ndarray], g_by_na
     outer = widgets.Stack(inners, selected_index=0)
     model_dd = widgets.Dropdown(options=names, description="model")
     layer_dd = widgets.Dropdown(options=[f"layer {i + 1}" for i in layers], description="layer")
-    box = widgets.VBox([widgets.HBox([model_dd, layer_dd]), outer])
+    box = widgets.VBox([_controls(model_dd, layer_dd), outer])
     # the links live as long as the box: a jslink dropped by Python is closed in the browser too
     box.links = [widgets.jslink((model_dd, "index"), (outer, "selected_index"))]
     box.links += [widgets.jslink((layer_dd, "index"), (inner, "selected_index")) for inner in inners]

@@ -205,6 +205,7 @@ def test_layer_explorer_one_image_per_model_and_layer_linked_in_the_browser():
     box = layer_explorer(x, emb, g)
     (model_dd, layer_dd), outer = box.children[0].children, box.children[1]
     assert list(model_dd.options) == ["a", "b"] and list(layer_dd.options) == ["layer 1", "layer 2"]
+    assert box.children[0].layout.flex_flow == "row wrap"  # the controls wrap on a narrow page
     assert [len(inner.children) for inner in outer.children] == [2, 2]
     pngs = {img.value for inner in outer.children for img in inner.children}
     assert len(pngs) == 4  # four different pictures
