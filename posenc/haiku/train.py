@@ -349,10 +349,10 @@ def _compiled_steps(config: TrainConfig, x_range: tuple[float, float], stats: di
         return optax.apply_updates(params, updates), opt_state, jnp.stack([loss, data_loss, smooth])
 
     # sharded: XLA sums the parts' gradients across the mesh; the new state stays replicated
-    shardings = {"out_shardings": parallel.replicated} if stacked else {}
+    step = jax.jit(update, out_shardings=parallel.replicated) if stacked else jax.jit(update)
     predict = jax.jit(_predictor(model.apply, has_forces, stacked))
     # a jitted init is far faster than eager
-    steps = _Steps(rate, tx, jax.jit(model.init), jax.jit(update, **shardings), predict)
+    steps = _Steps(rate, tx, jax.jit(model.init), step, predict)
     while len(_STEPS) >= _STEPS_KEPT:
         _STEPS.pop(next(iter(_STEPS)))
     _STEPS[key] = steps
