@@ -13,6 +13,7 @@ from posenc.haiku.encodings import (
     RawEncoding,
     SmoothCutoff,
     TableEncoding,
+    encoding_dim,
     make_encoding,
     project_all,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "RawEncoding",
     "SmoothCutoff",
     "TableEncoding",
+    "encoding_dim",
     "make_encoding",
     "project_all",
     "smooth_cutoff",

@@ -13,6 +13,7 @@ from posenc.torch.encodings import (
     RawEncoding,
     SmoothCutoff,
     TableEncoding,
+    encoding_dim,
     make_encoding,
     project_all,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "RawEncoding",
     "SmoothCutoff",
     "TableEncoding",
+    "encoding_dim",
     "make_encoding",
     "project_all",
     "smooth_cutoff",
