@@ -116,7 +116,7 @@ def pair_jumps(model: PairEnergy) -> np.ndarray:
     def evaluate(x: np.ndarray, order: int) -> np.ndarray:
         return sign[order] * pair_derivatives(model, x)[order]
 
-    return derivative_jumps(evaluate, model.encoding.centres.detach().double().numpy()[1:-1])
+    return derivative_jumps(evaluate, first_table(model).centres.detach().double().numpy()[1:-1])
 
 
 def toy_errors(potential: PairPotential, r: np.ndarray, energy: np.ndarray, force: np.ndarray,
@@ -207,7 +207,7 @@ def vibrational_frequencies(atoms: Atoms, step: float = 1e-3) -> np.ndarray:
 
 
 def nve(atoms: Atoms, *, timestep_fs: float, duration_fs: float, temperature_K: float = 300.0,
-        seed: int = 0) -> dict[str, np.ndarray]:
+        seed: int = 0) -> dict[str, Any]:
     """A velocity-Verlet (constant-energy) trajectory from Maxwell-Boltzmann velocities.
 
     The velocities are drawn at ``temperature_K`` from ``seed`` (the same for every time step and
@@ -395,7 +395,8 @@ def save_study(stem: str | Path, summary: dict[str, Any], arrays: dict[str, np.n
     """Writes ``<stem>.json`` (the summary) and ``<stem>.npz`` (the arrays, float32)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(stem.with_suffix(".npz"), **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    payload: dict[str, Any] = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    np.savez_compressed(stem.with_suffix(".npz"), **payload)
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
