@@ -4,8 +4,8 @@ MD17 (Table 1): molecules x backbones {egnn, transformer} x arms {raw, posenc, s
 QM9 (Table 2): targets x egnn x arms {raw, mlp, posenc, smooth} x seeds. Every run goes through
 :func:`posenc.trainer.train` with one :class:`posenc.training.TrainConfig`, ``--jobs`` at a time,
 one torch thread each, as ``submitit`` jobs (``--executor local``: processes on this machine;
-``--executor slurm``: SLURM jobs; with local and ``--jobs 1``, in this process). The main arms differ only in the distance encoding
-and in the learning rate each was given by the lr study:
+``--executor slurm``: SLURM jobs; with local and ``--jobs 1``, in this process). The main arms differ
+only in the distance encoding and in the learning rate each was given by the lr study:
 
 =======  ==========================================================================
 raw      the backbone's own distance feature (EGNN: d^2)
