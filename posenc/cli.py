@@ -29,7 +29,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _optional(kind: type) -> Any:
+def _optional(kind: Callable[[str], Any]) -> Any:
     def parse(text: str) -> Any:
         return None if text.strip().lower() == "none" else kind(text)
 
@@ -72,7 +73,8 @@ _HELP = {
     "resume": "continue from OUT_DIR/last.*",
     "quick": "small subset, few epochs, small model (seconds to minutes on a laptop)",
     "stop_after": "stop after this many epochs (resume later)",
-    "stop_patience": "end the run (tested on its best weights) after this many epochs without a better validation error",
+    "stop_patience": "end the run (tested on its best weights) after this many epochs without a better validation "
+                     "error",
     "encoding_kwargs": "JSON dict of further encoding arguments, e.g. '{\"init\": \"gaussian\"}'",
 }
 
@@ -80,7 +82,7 @@ _HELP = {
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; absent flags stay absent (argparse.SUPPRESS)."""
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML file of config fields")
-    hints = {"int": int, "float": float, "str": str, "bool": _bool}
+    hints: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _bool}
     for f in dataclasses.fields(TrainConfig):
         flags = ["--lambda"] if f.name == "lam" else [f"--{f.name.replace('_', '-')}"]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _HELP.get(f.name)}
@@ -96,7 +98,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posenc", description="Learned, regularized positional encoding for molecules.")
+    parser = argparse.ArgumentParser(prog="posenc",
+                                     description="Learned, regularized positional encoding for molecules.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a backbone with a distance encoding",
                            description="Train EGNN / Transformer / DimeNet++ with a distance encoding on MD17 or QM9.")
@@ -148,9 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") != "0":  # another rank of a torchrun job: rank 0 reports
             return FLAGGED_EXIT if result.flags else 0
         if result.finished:
-            print(f"{mae_summary(result.test, result.units)}; best epoch {result.best_epoch}; files in {result.out_dir}")
+            print(f"{mae_summary(result.test, result.units)}; best epoch {result.best_epoch}; "
+                  f"files in {result.out_dir}")
         elif not result.flags:
-            print(f"stopped after epoch {result.history[-1]['epoch']}; resume with --resume (files in {result.out_dir})")
+            print(f"stopped after epoch {result.history[-1]['epoch']}; resume with --resume "
+                  f"(files in {result.out_dir})")
         if result.flags:
             print(f"FLAGGED: {'; '.join(result.flags)} (not a result; files in {result.out_dir})")
             return FLAGGED_EXIT

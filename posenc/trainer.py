@@ -84,6 +84,10 @@ class TrainingBackend(Protocol):
     suffix: str
     n_species: int
 
+    def __init__(self, config: TrainConfig, data: dict[str, Molecules], x_range: tuple[float, float],
+                 stats: dict[str, np.ndarray], distance_scale: float, *, data_parallel: int | None = None) -> None:
+        """Builds the model, its output statistics, optimiser and schedule (see above)."""
+
     @property
     def main(self) -> bool:
         """Whether this process writes the run's files (rank 0 of a torch job; always in Haiku,
@@ -125,7 +129,7 @@ class TrainingBackend(Protocol):
         """Releases what the backend holds beyond memory (a torch process group it started)."""
 
 
-def backend_class(name: str) -> type:
+def backend_class(name: str) -> type[TrainingBackend]:
     """The ``Backend`` class of ``posenc.<name>.train`` (imported on demand: no torch for Haiku)."""
     if name not in ("torch", "haiku"):
         raise ValueError(f"backend must be torch|haiku, got {name!r}")
@@ -172,6 +176,8 @@ def train(config: TrainConfig, data: dict[str, Molecules] | None = None, *,
 def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBackend, x_range: tuple[float, float],
          stats: dict[str, np.ndarray], scale: float) -> TrainResult:
     """:func:`train`'s epoch loop, final test and files, on a built backend."""
+    if config.out_dir is None:  # resolve() names one
+        raise ValueError("config.out_dir is None: pass the config through posenc.training.resolve first")
     train_set, out_dir, suffix = data["train"], Path(config.out_dir), backend.suffix
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     health = RunHealth(
@@ -180,6 +186,7 @@ def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBacke
         warmup_steps(config, steps_per_epoch), steps_per_epoch, config.epochs)
     initial_tables = backend.initial_tables()
 
+    best: dict[str, Any]  # {"epoch": int, "val": float}
     start, history, best = 0, [], {"epoch": 0, "val": math.inf}
     if config.resume:
         meta = backend.restore(out_dir / f"last{suffix}", resumable=True)
@@ -203,7 +210,7 @@ def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBacke
                 val = dict.fromkeys(("energy_mae", "force_mae") if has_forces else ("mae",), math.nan)
             else:
                 val = backend.evaluate(data["val"])
-            primary = val.get("force_mae", val.get("mae"))
+            primary = val["force_mae"] if "force_mae" in val else val["mae"]
             if not health.stopped:
                 backend.end_epoch(primary)
             row = {"epoch": epoch + 1, "lr": backend.lr((epoch + 1) * steps_per_epoch), **train_means,
@@ -240,7 +247,7 @@ def _run(config: TrainConfig, data: dict[str, Molecules], backend: TrainingBacke
         backend.restore(out_dir / f"best{suffix}", resumable=False)
         test = backend.evaluate(data["test"])
         tables, table_range = backend.tables()
-        if tables and writes:
+        if tables and table_range is not None and writes:
             form = config.encoding if config.encoding in TABLE_ENCODINGS else None
             save_encoding_tables(out_dir / "encoding_tables.npz", tables, *table_range, initial=initial_tables,
                                  form=form)

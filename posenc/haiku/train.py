@@ -29,7 +29,8 @@ import math
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax
@@ -129,7 +130,8 @@ def _table_scale(factor: float) -> optax.GradientTransformation:
 def make_optimizer(config: TrainConfig, rate: optax.Schedule) -> optax.GradientTransformation:
     """Adam/AdamW at ``rate`` with the config's gradient clipping and table rate (or freezing)."""
     parts = [] if config.grad_clip is None else [optax.clip_by_global_norm(config.grad_clip)]
-    parts.append(optax.adam(rate) if config.optimizer == "adam" else optax.adamw(rate, weight_decay=config.weight_decay))
+    parts.append(optax.adam(rate) if config.optimizer == "adam"
+                 else optax.adamw(rate, weight_decay=config.weight_decay))
     factor = 0.0 if config.freeze_tables else config.table_lr_scale
     if factor != 1.0:
         parts.append(_table_scale(factor))
@@ -292,7 +294,8 @@ def load_checkpoint(path: str | Path, *, resumable: bool = False) -> dict[str, A
 def _save_checkpoint(path: Path, meta: dict[str, Any], params: Params, opt_state: Any = None) -> None:
     """Writes :func:`load_checkpoint`'s format atomically (``opt_state`` None: weights only)."""
     names = sorted((module, name) for module, leaves in params.items() for name in leaves)
-    arrays = {f"params_{k}": np.asarray(params[m][n]) for k, (m, n) in enumerate(names)}
+    # Any: np.savez's stubs read a **dict[str, ndarray] as a possible allow_pickle=
+    arrays: dict[str, Any] = {f"params_{k}": np.asarray(params[m][n]) for k, (m, n) in enumerate(names)}
     tree: dict[str, Any] = {"params": [list(x) for x in names]}
     if opt_state is not None:
         leaves, treedef = jax.tree_util.tree_flatten(opt_state)
@@ -335,7 +338,7 @@ def _compiled_steps(config: TrainConfig, x_range: tuple[float, float], stats: di
                 if k not in ("stop_after", "resume", "progress", "threads", "device", "out_dir")}
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(stats[k]).tobytes() for k in sorted(stats))).hexdigest()
     key = json.dumps([settings, x_range, distance_scale, n_outputs, has_forces, steps_per_epoch, digest,
-                      bool(jax.config.jax_enable_x64), devices], sort_keys=True, default=str)
+                      bool(jax.config.read("jax_enable_x64")), devices], sort_keys=True, default=str)
     if key in _STEPS:
         return _STEPS[key]
     model = build_model(config, x_range, n_outputs, distance_scale, stats)

@@ -27,7 +27,8 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -191,7 +192,8 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], 
     return lambda step: config.lr * float(lr_factor(step, total, warmup, alpha))
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, rate: Callable[[int], float]) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(config: TrainConfig, model: nn.Module,
+                   rate: Callable[[int], float]) -> tuple[torch.optim.Optimizer, Any]:
     """Adam/AdamW over two groups and its per-step (or, for ``plateau``, per-epoch) scheduler.
 
     The groups: the tables (at ``table_lr_scale`` x the rate, or left out and frozen with

@@ -212,7 +212,7 @@ class EnergyHead(hk.Module):
         return self.stats(raw, z, batch)
 
 
-def energy_and_forces(apply: Callable[[Any, Mapping[str, jax.Array]], jax.Array], params: Any,
+def energy_and_forces(apply: Callable[[Any, Any], jax.Array], params: Any,
                       graph: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Outputs and forces ``F = -dE/dr`` of the first output (the energy), by ``jax.grad``.
 
