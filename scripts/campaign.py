@@ -493,6 +493,7 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     else:
         lines.append("No tuning run has finished yet.")
     cell = {(r["molecule"], r["backbone"], r["arm"]): r for r in rows}
+    failed_cells = {(r.molecule, r.backbone, r.arm) for r in runs if r.flags}
     paper = paper_rows()
     for backbone, arms in (("egnn", EGNN_ARMS), ("transformer", TRANSFORMER_ARMS)):
         for metric, unit in (("force_mae", "meV/Å"), ("energy_mae", "meV")):
@@ -508,7 +509,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                 cells = []
                 for arm in arms:
                     row = cell.get((molecule, backbone, arm))
-                    cells.append(_cell(row[metric], row[f"{metric}_std"], row["n"]) if row else "not run")
+                    missing = "failed" if (molecule, backbone, arm) in failed_cells else "not run"
+                    cells.append(_cell(row[metric], row[f"{metric}_std"], row["n"]) if row else missing)
                 line = f"| {molecule} | " + " | ".join(cells) + " |"
                 if metric == "force_mae":
                     line += " " + " | ".join(_fmt(paper.get((molecule, backbone, a), float("nan")))

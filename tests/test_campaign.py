@@ -111,7 +111,7 @@ def test_report_names_failures_and_unrun_rows(tmp_path):
         "homo,meV,7643,1000,385.1,576.9\nmu,D,7643,1000,0.97,1.4\n")
     campaign.write_report(tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert "| ethanol | 10.0 (1) | not run |" in text  # the flagged posenc run is not a result
+    assert "| ethanol | 10.0 (1) | failed | not run |" in text  # the flagged posenc run is not a result
     assert "- ethanol egnn posenc split 1: stuck" in text
     assert "| benzene | not run |" in text
     assert "| U0 | meV | not run | not run | not run | not run | 847.3 | 1.028e+04 | 11 | 10 | 9 | 9 |" in text
