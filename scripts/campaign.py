@@ -289,14 +289,7 @@ def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
     return runs
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
-
-
 def _cell(mean: float, std: float, n: int) -> str:
-    if n == 0:
-        return "not run"
     return f"{mean:.1f}" + (f" ± {std:.1f}" if n > 1 else "") + f" ({n})"
 
 
@@ -320,8 +313,8 @@ def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
     rows = []
     for (molecule, backbone, arm), members in sorted(groups.items()):
         members.sort(key=lambda r: r.split)
-        force, force_std = _mean_std([r.force_mae for r in members])
-        energy, energy_std = _mean_std([r.energy_mae for r in members])
+        force, force_std = run_grid._mean_std([r.force_mae for r in members])
+        energy, energy_std = run_grid._mean_std([r.energy_mae for r in members])
         rows.append({"molecule": molecule, "backbone": backbone, "arm": arm, "n": len(members),
                      "splits": " ".join(str(r.split) for r in members), "force_mae": force,
                      "force_mae_std": force_std, "energy_mae": energy, "energy_mae_std": energy_std,
@@ -387,18 +380,17 @@ def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
     paper = paper_qm9_rows()
     rows = []
     for (target, arm), members in sorted(groups.items()):
-        mae, std = _mean_std([m["test"]["mae"] for m in members])
+        mae, std = run_grid._mean_std([m["test"]["mae"] for m in members])
         rows.append({"target": target, "arm": arm, "unit": members[0]["units"][0], "n": len(members),
                      "mae": mae, "mae_std": std, "epochs_run": " ".join(str(len(m["history"])) for m in members),
                      "paper_mae": paper.get((target, arm), float("nan"))})
     return rows
 
 
-def tuning_rows(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
-    """Each tuning candidate's validation error, flags and whether it was chosen."""
-    chosen = chosen_settings(results_dir)
+def tuning_rows(tuning_runs: Sequence[Run], chosen: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Each tuning candidate's validation error, flags and whether it is the ``chosen`` setting."""
     rows = []
-    for run in read_runs(results_dir, tuning=True):
+    for run in tuning_runs:
         arm = run.arm.split("-")[1]
         setting = chosen.get(arm)
         rows.append({"arm": arm, "lr": run.lr, "lam": run.lam, "epochs": run.epochs, "best_val": run.best_val,
@@ -463,20 +455,21 @@ def _fmt(value: float, digits: int = 1) -> str:
 def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES) -> None:
     """``README.md``, ``table1.csv``, ``paired.csv`` and ``learning_curves.png`` of ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    runs = read_runs(results_dir)
-    rows, pairs, tuning = table1(runs), paired(runs), tuning_rows(results_dir)
+    runs, tuning_runs = read_runs(results_dir), read_runs(results_dir, tuning=True)
+    settings = chosen_settings(results_dir)
+    rows, pairs, tuning = table1(runs), paired(runs), tuning_rows(tuning_runs, settings)
     run_grid.write_csv(results_dir / "table1.csv", rows)
     run_grid.write_csv(results_dir / "paired.csv", pairs)
     run_grid.write_csv(results_dir / "tuning.csv", tuning)
     curves = plot_curves(runs, results_dir / "learning_curves.png")
     planned = main_specs({arm: {"lr": 0.0, "lam": 0.0} for arm in ARMS}, molecules)
     done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs if not r.flags}
-    cpu = sum(r.cpu_seconds for r in [*runs, *read_runs(results_dir, tuning=True)] if np.isfinite(r.cpu_seconds))
+    cpu = sum(r.cpu_seconds for r in [*runs, *tuning_runs] if np.isfinite(r.cpu_seconds))
     finished = sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)
     (results_dir / "status.json").write_text(json.dumps(
         {"main_runs_planned": len(planned), "main_runs_finished": finished, "tuning_runs_finished": len(tuning),
          "epochs": EPOCHS, "tune_epochs": TUNE_EPOCHS, "cpu_hours": round(cpu / 3600, 2),
-         "settings": chosen_settings(results_dir)}, indent=1) + "\n")
+         "settings": settings}, indent=1) + "\n")
     lines = ["# The converged campaign", "",
              "Written by `scripts/campaign.py --report` from the committed runs (do not edit by hand). The",
              "protocol, fixed before the first run, is [protocol.md](protocol.md). Force MAE in meV/Å, energy",
@@ -542,7 +535,7 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
         paper_cells = [f"{paper_qm9[(target, a)]:.3g}" if (target, a) in paper_qm9 else "-" for a in QM9_ARMS]
         lines.append(f"| {target} | {comp['unit']} | " + " | ".join(cells) + f" | {float(comp['test_mae']):.4g} | "
                      f"{float(comp['test_std']):.4g} | " + " | ".join(paper_cells) + " |")
-    failed = [r for r in [*runs, *read_runs(results_dir, tuning=True)] if r.flags]
+    failed = [r for r in [*runs, *tuning_runs] if r.flags]
     lines += ["", "## Failed (flagged) runs", ""]
     lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split}: {'; '.join(r.flags)}" for r in failed] or ["None."]
     if curves:

@@ -1,26 +1,14 @@
 """Tests of scripts/campaign.py: the staged plan, the choice by validation error, the verdicts, the report."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from script_loader import load_script
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("run_grid")
-campaign = _load("campaign")
+campaign = load_script("campaign")
 
 
 def _finish(results: Path, spec, best_val: float, force: float = 10.0, flags: tuple[str, ...] = (),

@@ -1,22 +1,14 @@
 """scripts/run_grid.py's runs as submitit jobs: two local jobs at once, skipped when the grid runs again."""
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
-_spec = importlib.util.spec_from_file_location("run_grid", SCRIPT)
-grid = importlib.util.module_from_spec(_spec)
-sys.modules["run_grid"] = grid  # dataclasses look their module up by name
-_spec.loader.exec_module(grid)
+from script_loader import load_script, tiny_grid_budget
 
-#: One epoch of a one-layer model on a few toy molecules.
-TINY = grid.Budget("tiny", md17_epochs_9=1, md17_cost_power=0.0, min_epochs=1, qm9_epochs=1, qm9_subset=None,
-                   config={"n_layers": 1, "hidden": 8, "batch_size": 8, "n_train": 16, "n_val": 8, "n_test": 8})
+grid = load_script("run_grid")
+TINY = tiny_grid_budget()
 
 
 def test_local_executor_runs_two_jobs_and_skips_them_when_run_again(tmp_path):

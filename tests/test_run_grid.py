@@ -1,9 +1,7 @@
 """Tests of scripts/run_grid.py: grid expansion, aggregation, table movement, a tiny real grid."""
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +10,10 @@ import pytest
 from posenc.init import initial_tables
 from posenc.interpret import smoothness_loss
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
-_spec = importlib.util.spec_from_file_location("run_grid", SCRIPT)
-grid = importlib.util.module_from_spec(_spec)
-sys.modules["run_grid"] = grid  # dataclasses look their module up by name
-_spec.loader.exec_module(grid)
+from script_loader import load_script, tiny_grid_budget
 
-#: A grid budget for tests: one epoch of a one-layer model on a few toy molecules.
-TINY = grid.Budget("tiny", md17_epochs_9=1, md17_cost_power=0.0, min_epochs=1, qm9_epochs=1, qm9_subset=None,
-                   config={"n_layers": 1, "hidden": 8, "batch_size": 8, "n_train": 16, "n_val": 8, "n_test": 8})
+grid = load_script("run_grid")
+TINY = tiny_grid_budget()
 
 
 def test_expand_grid_reduced():
