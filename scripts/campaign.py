@@ -9,7 +9,9 @@ whole campaign in order, and a second one resumes it):
 2. ``tune-smooth``: ``smooth`` (posenc's model with the smoothness loss) at posenc's chosen rate,
    each lambda of :data:`LAM_CANDIDATES`, chosen the same way.
 3. ``main``: every arm at its chosen setting for :data:`EPOCHS` epochs on every molecule and split
-   of :func:`main_plan`, split-major, so a cut-short campaign is balanced.
+   of :func:`main_plan`, split-major, so a cut-short campaign is balanced. A flagged main run is run
+   once more at the next lower rate of :data:`LR_CANDIDATES` (the protocol's amendment 1, the same
+   rule for every arm), right after it, into ``<arm>-lr<rate>``; its cell reports that run.
 4. ``qm9``: the QM9 subset (:data:`QM9_TARGETS` x :data:`QM9_ARMS` x :data:`QM9_SEEDS`, one rate
    for every arm, stopped once validation stops improving), after the MD17 runs.
 
@@ -21,6 +23,7 @@ Examples::
 
     python scripts/campaign.py --dry-run          # the plan and the state of each run
     python scripts/campaign.py                    # run (or resume) the whole campaign
+    python scripts/campaign.py --jobs 2           # two runs at a time (one thread each)
     python scripts/campaign.py --molecules ethanol malonaldehyde aspirin benzene
     python scripts/campaign.py --report           # README.md, table1.csv, paired.csv, curves
 
@@ -184,15 +187,33 @@ def main_plan(molecules: Sequence[str] = DEFAULT_MOLECULES) -> list[tuple[str, i
     return plan
 
 
-def main_specs(settings: dict[str, dict[str, float]],
-               molecules: Sequence[str] = DEFAULT_MOLECULES) -> list[run_grid.RunSpec]:
-    """Stage 3: the main runs of every arm whose setting is chosen (the others wait)."""
+#: Marks a fallback run's folder: ``<arm>-lr<rate>`` (amendment 1 of the protocol).
+FALLBACK = "-lr"
+
+
+def fallback_spec(spec: run_grid.RunSpec) -> run_grid.RunSpec | None:
+    """The run that stands in for a flagged main run: the same run at the next lower rate of
+    :data:`LR_CANDIDATES`, in ``<arm>-lr<rate>``; None below the lowest candidate."""
+    lower = [lr for lr in LR_CANDIDATES if lr < spec.config["lr"]]
+    if not lower:
+        return None
+    return dataclasses.replace(spec, arm=f"{spec.arm}{FALLBACK}{max(lower):g}",
+                               config={**spec.config, "lr": max(lower)})
+
+
+def main_specs(settings: dict[str, dict[str, float]], molecules: Sequence[str] = DEFAULT_MOLECULES,
+               results_dir: Path | None = None) -> list[run_grid.RunSpec]:
+    """Stage 3: the main runs of every arm whose setting is chosen (the others wait); with
+    ``results_dir``, each flagged one is followed by its :func:`fallback_spec` (flagged too: none)."""
     specs = []
     for molecule, split, backbone, arm in main_plan(molecules):
         if arm in settings:
-            specs.append(_spec(molecule, split, backbone, arm,
-                               {"encoding": ARMS[arm].encoding, **settings[arm], "epochs": EPOCHS,
-                                **ARMS[arm].changes}))
+            spec = _spec(molecule, split, backbone, arm,
+                         {"encoding": ARMS[arm].encoding, **settings[arm], "epochs": EPOCHS, **ARMS[arm].changes})
+            specs.append(spec)
+            fallback = fallback_spec(spec)
+            if results_dir is not None and fallback and run_grid.run_state(spec, results_dir) == "failed":
+                specs.append(fallback)
     return specs
 
 
@@ -220,23 +241,27 @@ def plan(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECUL
     settings = chosen_settings(results_dir)
     if "posenc" in settings:
         specs += tune_lam_specs(settings["posenc"]["lr"])
-    return specs + main_specs(settings, molecules) + (qm9_specs(settings) if qm9 else [])
+    return specs + main_specs(settings, molecules, results_dir) + (qm9_specs(settings) if qm9 else [])
 
 
-def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], qm9: bool = True, log: Any = print) -> int:
-    """Runs the campaign one run at a time, re-planning after each (tuning unlocks later stages).
+def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], qm9: bool = True, log: Any = print,
+        jobs: int = 1) -> int:
+    """Runs the campaign ``jobs`` runs at a time (the next ones in the plan's order), re-planning
+    after each round: tuning unlocks later stages, and a flagged run its fallback.
 
     Returns:
       How many runs were trained.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     trained = 0
     while True:
         todo = [s for s in plan(results_dir, molecules, qm9)
                 if run_grid.run_state(s, results_dir) not in ("done", "failed")]
         if not todo:
             return trained
-        run_grid.run_grid(todo[:1], results_dir, scratch_dir, jobs=1, log=log)
-        trained += 1
+        run_grid.run_grid(todo[:jobs], results_dir, scratch_dir, jobs=jobs, log=log)
+        trained += len(todo[:jobs])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +291,8 @@ class Run:
     cpu_seconds: float
     flags: tuple[str, ...]
     val_curve: tuple[float, ...]
+    #: Whether this run is a fallback (amendment 1): ``arm`` is then its arm, ``lr`` the lower rate.
+    fallback: bool = False
 
 
 def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
@@ -281,11 +308,13 @@ def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
         info_path = path.parent / "run_info.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         cfg, test = result["config"], result.get("test") or {}
-        runs.append(Run(dataset_dir.split("-", 1)[1], backbone, arm, int(seed_dir[4:]),
+        fallback = not tuning and FALLBACK in arm
+        runs.append(Run(dataset_dir.split("-", 1)[1], backbone, arm.split(FALLBACK)[0] if fallback else arm,
+                        int(seed_dir[4:]),
                         test.get("force_mae", float("nan")), test.get("energy_mae", float("nan")),
                         result.get("best_val", float("nan")), cfg["lr"], cfg["lam"], cfg["epochs"],
                         info.get("cpu_seconds", float("nan")), tuple(result.get("flags", [])),
-                        tuple(h["val_force_mae"] for h in result.get("history", []))))
+                        tuple(h["val_force_mae"] for h in result.get("history", [])), fallback))
     return runs
 
 
@@ -304,7 +333,9 @@ def paper_rows(path: Path = PAPER_TABLE) -> dict[tuple[str, str, str], float]:
 
 
 def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Mean and std over splits of every (molecule, backbone, arm) with an unflagged run."""
+    """Mean and std over splits of every (molecule, backbone, arm) with an unflagged run (a
+    fallback run stands in for its flagged first run; ``fallback_splits`` names those splits and
+    ``lr`` gives each split's rate)."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         if not run.flags:
@@ -318,7 +349,8 @@ def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
         rows.append({"molecule": molecule, "backbone": backbone, "arm": arm, "n": len(members),
                      "splits": " ".join(str(r.split) for r in members), "force_mae": force,
                      "force_mae_std": force_std, "energy_mae": energy, "energy_mae_std": energy_std,
-                     "lr": members[0].lr, "lam": members[0].lam, "epochs": members[0].epochs,
+                     "fallback_splits": " ".join(str(r.split) for r in members if r.fallback),
+                     "lr": " ".join(f"{r.lr:g}" for r in members), "lam": members[0].lam, "epochs": members[0].epochs,
                      "cpu_minutes": float(np.mean([r.cpu_seconds for r in members])) / 60,
                      "paper_force_mae": paper.get((molecule, backbone, arm), float("nan"))})
     return rows
@@ -416,7 +448,7 @@ def plot_curves(runs: Sequence[Run], path: Path) -> bool:
         for arm in ARMS:
             for run in runs:
                 if (run.molecule, run.backbone, run.arm, run.split) == (molecule, backbone, arm, 1) and run.val_curve:
-                    label = arm + (" (flagged)" if run.flags else "")
+                    label = arm + (f" (lr {run.lr:g})" if run.fallback else "") + (" (flagged)" if run.flags else "")
                     ax.plot(np.arange(1, len(run.val_curve) + 1), run.val_curve, label=label, lw=1)
         ax.set(xscale="log", yscale="log", xlabel="epoch", title=f"{molecule}, {backbone}, split 1")
         ax.grid(alpha=0.3, which="both")
@@ -473,7 +505,9 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     lines = ["# The converged campaign", "",
              "Written by `scripts/campaign.py --report` from the committed runs (do not edit by hand). The",
              "protocol, fixed before the first run, is [protocol.md](protocol.md). Force MAE in meV/Å, energy",
-             "MAE in meV, on each split's 1,000 test frames; `mean ± std (number of splits)`.", "",
+             "MAE in meV, on each split's 1,000 test frames; `mean ± std (number of splits)`. †: on some",
+             "split the run at the arm's tuned rate was flagged and its run at the next lower rate stands in",
+             "(the protocol's amendment 1; `table1.csv`'s `fallback_splits`).", "",
              f"{finished} of "
              f"{len(planned)} planned main runs and {len(tuning)} tuning runs are finished; they took "
              f"{cpu / 3600:.1f} CPU-hours (one thread per run; a run cut and resumed counts its last part only).",
@@ -503,7 +537,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                 for arm in arms:
                     row = cell.get((molecule, backbone, arm))
                     missing = "failed" if (molecule, backbone, arm) in failed_cells else "not run"
-                    cells.append(_cell(row[metric], row[f"{metric}_std"], row["n"]) if row else missing)
+                    text = _cell(row[metric], row[f"{metric}_std"], row["n"]) if row else missing
+                    cells.append(text + (" †" if row and row["fallback_splits"] else ""))
                 line = f"| {molecule} | " + " | ".join(cells) + " |"
                 if metric == "force_mae":
                     line += " " + " | ".join(_fmt(paper.get((molecule, backbone, a), float("nan")))
@@ -537,7 +572,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                      f"{float(comp['test_std']):.4g} | " + " | ".join(paper_cells) + " |")
     failed = [r for r in [*runs, *tuning_runs] if r.flags]
     lines += ["", "## Failed (flagged) runs", ""]
-    lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split}: {'; '.join(r.flags)}" for r in failed] or ["None."]
+    lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split} (lr {r.lr:g}): {'; '.join(r.flags)}"
+              for r in failed] or ["None."]
     if curves:
         lines += ["", "## Learning curves", "", "![validation force MAE against epoch](learning_curves.png)"]
     (results_dir / "README.md").write_text("\n".join(lines) + "\n")
@@ -553,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs planned now and their state")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the committed runs")
     p.add_argument("--no-qm9", dest="qm9", action="store_false", help="plan and run the MD17 part only")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, the next ones in the plan (one thread each)")
     return p
 
 
@@ -568,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, flush=True)
             write_report(args.results_dir, args.molecules)
 
-        run(args.results_dir, args.scratch_dir, args.molecules, args.qm9, log=log)
+        run(args.results_dir, args.scratch_dir, args.molecules, args.qm9, log=log, jobs=args.jobs)
     write_report(args.results_dir, args.molecules)
     return 0
 

@@ -100,7 +100,7 @@ def test_report_names_failures_and_unrun_rows(tmp_path):
     campaign.write_report(tmp_path)
     text = (tmp_path / "README.md").read_text()
     assert "| ethanol | 10.0 (1) | failed | not run |" in text  # the flagged posenc run is not a result
-    assert "- ethanol egnn posenc split 1: stuck" in text
+    assert "- ethanol egnn posenc split 1 (lr 0.001): stuck" in text
     assert "| benzene | not run |" in text
     assert "| U0 | meV | not run | not run | not run | not run | 847.3 | 1.028e+04 | 11 | 10 | 9 | 9 |" in text
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
@@ -122,3 +122,37 @@ def test_qm9_runs_share_one_recipe_and_wait_for_lambda(tmp_path):
     (tmp_path / spec.rel_dir / "result.json").write_text(json.dumps(result))
     (row,) = campaign.qm9_table(tmp_path)
     assert (row["target"], row["arm"], row["n"], row["mae"], row["paper_mae"]) == ("U0", "raw", 1, 30.0, 11.0)
+
+
+def test_a_flagged_main_run_falls_back_once_to_the_next_lower_rate(tmp_path):
+    settings = {"raw": {"lr": 1e-3, "lam": 0.0}, "smooth": {"lr": 3e-3, "lam": 0.1}}
+    first = campaign.main_specs(settings, ["ethanol"], tmp_path)
+    smooth = next(s for s in first if s.arm == "smooth")
+    _finish(tmp_path, smooth, 9.0, flags=("spike at epoch 345",))
+    planned = campaign.main_specs(settings, ["ethanol"], tmp_path)
+    k = [s.arm for s in planned].index("smooth")
+    fallback = planned[k + 1]  # right after the flagged run, so the plan stays split-major
+    assert (fallback.arm, fallback.seed, fallback.config["lr"]) == ("smooth-lr0.001", 1, 1e-3)
+    assert {key: v for key, v in fallback.config.items() if key != "lr"} == \
+        {key: v for key, v in smooth.config.items() if key != "lr"}  # only the rate changes
+    assert len(planned) == len(first) + 1
+    _finish(tmp_path, fallback, 8.0, force=8.0)
+    (row,) = [r for r in campaign.table1(campaign.read_runs(tmp_path)) if r["arm"] == "smooth"]
+    assert (row["force_mae"], row["n"], row["fallback_splits"], row["lr"]) == (8.0, 1, "1", "0.001")
+    lowest = campaign._spec("ethanol", 2, "egnn", "raw", {**smooth.config, "lr": min(campaign.LR_CANDIDATES)})
+    assert campaign.fallback_spec(lowest) is None  # no rate below the candidates: the run has failed
+    assert campaign.fallback_spec(fallback).config["lr"] == 3e-4  # exists, yet main_specs never plans it:
+    _finish(tmp_path, fallback, 8.0, flags=("stuck",))
+    replanned = campaign.main_specs(settings, ["ethanol"], tmp_path)
+    assert len(replanned) == len(first) + 1  # a flagged fallback is not followed by another
+    (tmp_path / "qm9_composition.csv").write_text(
+        "target,unit,n_train,n_test,test_mae,test_std\nU0,meV,1,1,1,1\nhomo,meV,1,1,1,1\nmu,D,1,1,1,1\n")
+    campaign.write_report(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "- ethanol egnn smooth split 1 (lr 0.001): stuck" in text
+    assert "- ethanol egnn smooth split 1 (lr 0.003): spike at epoch 345" in text
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        campaign.run(tmp_path, tmp_path / "scratch", ["ethanol"], qm9=False, jobs=0)
