@@ -38,6 +38,28 @@ def read_json(run: str | os.PathLike, name: str = "result.json") -> dict[str, An
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def is_flagged(result: Mapping[str, Any]) -> bool:
+    """Whether a ``result.json`` payload is of a flagged (failed) run: stuck, a loss spike, or a
+    non-finite loss (:mod:`posenc.run_health`). A flagged run is no result, whatever its errors."""
+    return result.get("status") == "flagged" or bool(result.get("flags"))
+
+
+def flagged_runs(results: str | os.PathLike, dataset: str = "*", backbone: str = "*",
+                 arm: str = "*") -> list[Path]:
+    """The folders of the flagged runs among ``results/runs/<dataset>/<backbone>/<arm>/seed*``.
+
+    Args:
+      results: the results folder (the one holding ``runs/``).
+      dataset, backbone, arm: names as in :func:`run_dir`, or glob patterns (``"md17:*"``).
+
+    Returns:
+      The run folders (``…/<arm>/seed<k>``), sorted.
+    """
+    pattern = f"{dataset.replace(':', '-')}/{backbone}/{arm}/seed*/result.json"
+    return [path.parent for path in sorted((Path(results) / "runs").glob(pattern))
+            if is_flagged(json.loads(path.read_text()))]
+
+
 def read_test_metric(run: str | os.PathLike, metric: str = "force_mae") -> float:
     """A test metric of a run's ``result.json``; NaN when the run is missing.
 

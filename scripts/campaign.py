@@ -46,6 +46,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from posenc.runs import is_flagged
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_grid  # noqa: E402  (the sibling script, importable once its folder is on the path)
@@ -303,7 +305,7 @@ def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
         if arm.startswith("tune-") != tuning:
             continue
         result = json.loads(path.read_text())
-        if not result.get("finished") and not run_grid.is_flagged(result):
+        if not result.get("finished") and not is_flagged(result):
             continue
         info_path = path.parent / "run_info.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -405,7 +407,7 @@ def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted((results_dir / "runs").glob("qm9-*/egnn/*/seed*/result.json")):
         result = json.loads(path.read_text())
-        if not result.get("finished") or run_grid.is_flagged(result):
+        if not result.get("finished") or is_flagged(result):
             continue
         target, arm = path.parts[-5].split("-", 1)[1], path.parts[-3]
         groups.setdefault((target, arm), []).append(result)

@@ -67,6 +67,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from posenc.runs import is_flagged
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
 DEFAULT_SCRATCH = Path(os.environ.get("POSENC_GRID_SCRATCH", REPO / ".scratch"))
@@ -531,11 +533,6 @@ def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) ->
             raise RuntimeError(f"every lr study run of {arm} is flagged")
         chosen[arm] = min(vals, key=vals.get)
     return chosen
-
-
-def is_flagged(result: dict[str, Any]) -> bool:
-    """Whether a ``result.json`` payload is of a flagged (failed) run."""
-    return result.get("status") == "flagged" or bool(result.get("flags"))
 
 
 def run_state(spec: RunSpec, results_dir: Path) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from posenc.interpret import Tables
-from posenc.runs import config_summary, reached_movement, read_json, run_dir, read_test_metric
+from posenc.runs import (config_summary, flagged_runs, is_flagged, reached_movement, read_json, read_test_metric,
+                         run_dir)
 
 
 def test_run_dir_follows_the_grid_layout(tmp_path):
@@ -28,6 +29,23 @@ def test_read_json_and_test_metric(tmp_path):
     assert read_test_metric(run) == 12.5
     with pytest.raises(KeyError):
         read_test_metric(run, "energy_mae")
+
+
+def test_flagged_runs_finds_failed_runs_by_name_or_pattern(tmp_path):
+    for dataset, arm, seed, result in [("md17:ethanol", "posenc", 1, {"flags": ["spike at epoch 9"]}),
+                                       ("md17:ethanol", "posenc", 2, {"flags": [], "status": "ok"}),
+                                       ("md17:ethanol", "frozen", 1, {"flags": [], "status": "flagged"}),
+                                       ("md17:aspirin", "posenc", 1, {"flags": ["stuck at epoch 12"]}),
+                                       ("qm9:U0", "posenc", 1, {"flags": ["non-finite loss"]})]:
+        run = run_dir(tmp_path, dataset, "egnn", arm, seed)
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps(result))
+    assert not is_flagged({"flags": [], "status": "ok"}) and is_flagged({"status": "flagged"})
+    assert flagged_runs(tmp_path, "md17:ethanol", "egnn", "posenc") == [
+        run_dir(tmp_path, "md17:ethanol", "egnn", "posenc", 1)]
+    assert [p.parts[-4] for p in flagged_runs(tmp_path, "md17:*", arm="posenc")] == ["md17-aspirin", "md17-ethanol"]
+    assert len(flagged_runs(tmp_path)) == 4
+    assert flagged_runs(tmp_path / "elsewhere") == []
 
 
 def test_config_summary_describes_model_and_tables():
