@@ -584,6 +584,8 @@ def run_grid(specs: Sequence[RunSpec], results_dir: Path = DEFAULT_RESULTS, scra
 
 #: ``--executor``: ``submitit``'s local processes, or SLURM jobs.
 EXECUTORS = ("local", "slurm")
+#: Time limit of a local job (minutes): a week, so that no run of this machine is ever cut by it.
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 
 
 def _run_job(spec: RunSpec, results_dir: str, scratch_dir: str) -> dict[str, Any]:
@@ -610,7 +612,10 @@ def make_executor(kind: str, folder: Path, slurm: dict[str, Any] | None = None) 
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {kind!r}")
     if kind == "local":
-        return submitit.LocalExecutor(folder=folder)
+        local = submitit.LocalExecutor(folder=folder)
+        # submitit's local default is a 2-minute limit, after which it kills the job: a run takes minutes to hours
+        local.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+        return local
     options = dict(slurm or {})
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(name="posenc-grid", cpus_per_task=1, timeout_min=int(options.pop("minutes", 24 * 60)),

@@ -43,3 +43,8 @@ def test_a_failed_job_is_reported_and_the_others_finish(tmp_path):
 def test_unknown_executor_is_refused(tmp_path):
     with pytest.raises(ValueError, match="executor must be one of"):
         grid.make_executor("cloud", tmp_path)
+
+
+def test_local_jobs_are_not_cut_by_a_time_limit(tmp_path):
+    # submitit's own default (2 minutes) killed 1,000-epoch runs mid-way
+    assert grid.make_executor("local", tmp_path).parameters["timeout_min"] >= 24 * 60
