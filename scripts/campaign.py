@@ -11,7 +11,9 @@ whole campaign in order, and a second one resumes it):
 3. ``main``: every arm at its chosen setting for :data:`EPOCHS` epochs on every molecule and split
    of :func:`main_plan`, split-major, so a cut-short campaign is balanced. A flagged main run is run
    once more at the next lower rate of :data:`LR_CANDIDATES` (the protocol's amendment 1, the same
-   rule for every arm), right after it, into ``<arm>-lr<rate>``; its cell reports that run.
+   rule for every arm), right after it, into ``<arm>-lr<rate>``; its cell reports that run. Where
+   ``frozen`` falls back and ``posenc`` did not, ``posenc`` also runs at the fallback's rate
+   (:data:`MATCHED`, amendment 2): the trained-against-frozen control at one rate.
 4. ``qm9``: the QM9 subset (:data:`QM9_TARGETS` x :data:`QM9_ARMS` x :data:`QM9_SEEDS`, one rate
    for every arm, stopped once validation stops improving), after the MD17 runs.
 
@@ -29,8 +31,9 @@ Examples::
 
 The report (``--report``, also written after every run) reads only the committed files:
 ``README.md`` (the tuning, Table 1 beside the paper's, the paired differences with their verdict,
-the failed runs, what is not run yet), ``table1.csv``, ``paired.csv``, ``tuning.csv``, ``qm9.csv``,
-``status.json`` (how far the campaign has got, the chosen settings) and ``learning_curves.png``.
+the rate-matched control, the failed runs, what is not run yet), ``table1.csv``, ``paired.csv``,
+``controls.csv``, ``tuning.csv``, ``qm9.csv``, ``status.json`` (how far the campaign has got, the
+chosen settings) and ``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -203,19 +206,39 @@ def fallback_spec(spec: run_grid.RunSpec) -> run_grid.RunSpec | None:
                                config={**spec.config, "lr": max(lower)})
 
 
+#: The rate-matched control (amendment 2): ``posenc`` at the rate of ``frozen``'s fallback run.
+MATCHED = "posenc-ratematched"
+
+
+def _main_spec(molecule: str, split: int, backbone: str, arm: str,
+               settings: dict[str, dict[str, float]]) -> run_grid.RunSpec:
+    return _spec(molecule, split, backbone, arm,
+                 {"encoding": ARMS[arm].encoding, **settings[arm], "epochs": EPOCHS, **ARMS[arm].changes})
+
+
 def main_specs(settings: dict[str, dict[str, float]], molecules: Sequence[str] = DEFAULT_MOLECULES,
                results_dir: Path | None = None) -> list[run_grid.RunSpec]:
-    """Stage 3: the main runs of every arm whose setting is chosen (the others wait); with
-    ``results_dir``, each flagged one is followed by its :func:`fallback_spec` (flagged too: none)."""
+    """Stage 3: the main runs of every arm whose setting is chosen (the others wait).
+
+    With ``results_dir``, each flagged run is followed by its :func:`fallback_spec` (amendment 1;
+    none after a flagged fallback), and a ``frozen`` fallback by :data:`MATCHED`, ``posenc`` at the
+    fallback's rate, when ``posenc`` finished at another rate on that split (amendment 2).
+    """
     specs = []
     for molecule, split, backbone, arm in main_plan(molecules):
-        if arm in settings:
-            spec = _spec(molecule, split, backbone, arm,
-                         {"encoding": ARMS[arm].encoding, **settings[arm], "epochs": EPOCHS, **ARMS[arm].changes})
-            specs.append(spec)
-            fallback = fallback_spec(spec)
-            if results_dir is not None and fallback and run_grid.run_state(spec, results_dir) == "failed":
-                specs.append(fallback)
+        if arm not in settings:
+            continue
+        spec = _main_spec(molecule, split, backbone, arm, settings)
+        specs.append(spec)
+        fallback = fallback_spec(spec)
+        if results_dir is None or fallback is None or run_grid.run_state(spec, results_dir) != "failed":
+            continue
+        specs.append(fallback)
+        rate = fallback.config["lr"]
+        if arm == "frozen" and "posenc" in settings and settings["posenc"]["lr"] != rate:
+            posenc = _main_spec(molecule, split, backbone, "posenc", settings)
+            if run_grid.run_state(posenc, results_dir) == "done":
+                specs.append(dataclasses.replace(posenc, arm=MATCHED, config={**posenc.config, "lr": rate}))
     return specs
 
 
@@ -340,7 +363,7 @@ def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
     ``lr`` gives each split's rate)."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
-        if not run.flags:
+        if not run.flags and run.arm in ARMS:  # not the rate-matched control (amendment 2)
             groups.setdefault((run.molecule, run.backbone, run.arm), []).append(run)
     paper = paper_rows()
     rows = []
@@ -358,18 +381,20 @@ def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def paired(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """The per-split force-MAE difference of every pair in :data:`PAIRS` with a common split.
+def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> list[dict[str, Any]]:
+    """The per-split force-MAE difference of every pair of arms in ``pairs`` with a common split.
 
     A difference is ``real`` when it has the same sign on every split and its mean exceeds the
     split-to-split spread (the larger std of the two arms over the common splits; needs >= 2
-    splits), ``within noise`` otherwise.
+    splits), ``within noise`` otherwise. ``rates`` gives each split's two learning rates: where
+    they differ, the difference is of arm *and* rate.
     """
     by_key = {(r.molecule, r.backbone, r.arm, r.split): r.force_mae for r in runs if not r.flags}
+    lr = {(r.molecule, r.backbone, r.arm, r.split): r.lr for r in runs if not r.flags}
     cases = sorted({(r.molecule, r.backbone) for r in runs})
     rows = []
     for molecule, backbone in cases:
-        for a, b in PAIRS:
+        for a, b in pairs:
             splits = [s for s in SPLITS
                       if (molecule, backbone, a, s) in by_key and (molecule, backbone, b, s) in by_key]
             if not splits:
@@ -387,6 +412,8 @@ def paired(runs: Sequence[Run]) -> list[dict[str, Any]]:
             rows.append({"molecule": molecule, "backbone": backbone, "a": a, "b": b,
                          "splits": " ".join(map(str, splits)),
                          "differences": " ".join(f"{d:+.2f}" for d in diff), "mean": float(diff.mean()),
+                         "rates": " ".join(f"{lr[(molecule, backbone, a, s)]:g}/{lr[(molecule, backbone, b, s)]:g}"
+                                           for s in splits),
                          "spread": spread, "ratio_b_over_a": float(fb.mean() / fa.mean()), "verdict": verdict})
     return rows
 
@@ -486,6 +513,18 @@ def _fmt(value: float, digits: int = 1) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
+    """The markdown table of :func:`paired`'s rows (none without rows)."""
+    if not pairs:
+        return []
+    return ["Rates: each split's learning rates of a and b; where they differ, so does more than the arm.", "",
+            "| molecule | backbone | a - b | splits | rates a/b | per split | mean | spread | b / a | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *(f"| {p['molecule']} | {p['backbone']} | {p['a']} - {p['b']} | {p['splits']} | {p['rates']} | "
+              f"{p['differences']} | {p['mean']:+.2f} | {_fmt(p['spread'], 2)} | {p['ratio_b_over_a']:.2f} | "
+              f"{p['verdict']} |" for p in pairs)]
+
+
 def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES) -> None:
     """``README.md``, ``table1.csv``, ``paired.csv`` and ``learning_curves.png`` of ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -547,14 +586,14 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                                              for a in ("raw", "posenc", "smooth")) + " |"
                 lines.append(line)
     lines += ["", "## Paired differences (force MAE, a - b on each split)", ""]
-    if pairs:
-        lines += ["| molecule | backbone | a - b | splits | per split | mean | spread | b / a | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['molecule']} | {p['backbone']} | {p['a']} - {p['b']} | {p['splits']} | {p['differences']} | "
-                  f"{p['mean']:+.2f} | {_fmt(p['spread'], 2)} | {p['ratio_b_over_a']:.2f} | {p['verdict']} |"
-                  for p in pairs]
-    else:
-        lines.append("No pair of arms shares a finished split yet.")
+    lines += _pair_lines(pairs) or ["No pair of arms shares a finished split yet."]
+    controls = paired(runs, ((MATCHED, "frozen"),))
+    run_grid.write_csv(results_dir / "controls.csv", controls)
+    lines += ["", "## Rate-matched control (amendment 2): trained against frozen table at one rate", "",
+              f"`{MATCHED}` is posenc at the rate of frozen's stand-in run, on the splits where frozen fell back",
+              "and posenc had not: the trained and the frozen table at the same rate. A diagnostic, listed here",
+              "only (never in Table 1 or the paired differences above).", ""]
+    lines += _pair_lines(controls) or ["No rate-matched pair has finished yet."]
     qm9 = qm9_table(results_dir)
     run_grid.write_csv(results_dir / "qm9.csv", qm9)
     composition = {r["target"]: r for r in qm9_composition(results_dir)}

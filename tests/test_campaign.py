@@ -82,6 +82,7 @@ def test_paired_verdicts(tmp_path):
     verdicts = {(p["a"], p["b"]): p for p in campaign.paired(campaign.read_runs(tmp_path))}
     assert verdicts[("posenc", "raw")]["verdict"] == "real: posenc lower"
     assert verdicts[("posenc", "raw")]["mean"] == pytest.approx(-2.0)
+    assert verdicts[("posenc", "raw")]["rates"] == "0.001/0.001 0.001/0.001 0.001/0.001"
     assert verdicts[("posenc", "frozen")]["verdict"] == "within noise"  # signs differ
     assert verdicts[("gaussian", "raw")]["splits"] == "1"
     assert verdicts[("gaussian", "raw")]["verdict"] == "one split: no verdict"
@@ -156,3 +157,33 @@ def test_a_flagged_main_run_falls_back_once_to_the_next_lower_rate(tmp_path):
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         campaign.run(tmp_path, tmp_path / "scratch", ["ethanol"], qm9=False, jobs=0)
+
+
+def test_a_frozen_fallback_brings_the_rate_matched_control(tmp_path):
+    settings = {"posenc": {"lr": 3e-3, "lam": 0.0}, "frozen": {"lr": 3e-3, "lam": 0.0}}
+
+    def egnn(split):
+        return [s for s in campaign.main_specs(settings, ["ethanol"], tmp_path)
+                if s.seed == split and s.backbone == "egnn"]
+
+    specs = {s.arm: s for s in egnn(1)}
+    _finish(tmp_path, specs["frozen"], 9.0, flags=("spike at epoch 160",))
+    assert campaign.MATCHED not in [s.arm for s in egnn(1)]  # posenc has not finished yet: nothing to match
+    _finish(tmp_path, specs["posenc"], 11.0, force=11.0)
+    planned = egnn(1)
+    assert [s.arm for s in planned] == ["posenc", "frozen", "frozen-lr0.001", campaign.MATCHED]
+    matched = planned[-1]
+    assert matched.config == {**specs["posenc"].config, "lr": 1e-3}
+    _finish(tmp_path, planned[2], 9.5, force=9.5)
+    _finish(tmp_path, matched, 10.0, force=10.0)
+    runs = campaign.read_runs(tmp_path)
+    assert {r["arm"] for r in campaign.table1(runs)} == {"posenc", "frozen"}  # the control is not a cell
+    (control,) = campaign.paired(runs, ((campaign.MATCHED, "frozen"),))
+    assert (control["rates"], control["differences"]) == ("0.001/0.001", "+0.50")
+    (pair,) = [p for p in campaign.paired(runs) if (p["a"], p["b"]) == ("posenc", "frozen")]
+    assert pair["rates"] == "0.003/0.001"
+    # posenc fell back too: both at 1e-3 already, no control needed
+    other = {s.arm: s for s in egnn(2)}
+    _finish(tmp_path, other["posenc"], 9.0, flags=("stuck",))
+    _finish(tmp_path, other["frozen"], 9.0, flags=("stuck",))
+    assert [s.arm for s in egnn(2)] == ["posenc", "posenc-lr0.001", "frozen", "frozen-lr0.001"]
