@@ -271,22 +271,27 @@ def plan(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECUL
 
 def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], qm9: bool = True, log: Any = print,
         jobs: int = 1) -> int:
-    """Runs the campaign ``jobs`` runs at a time (the next ones in the plan's order), re-planning
-    after each round: tuning unlocks later stages, and a flagged run its fallback.
+    """Runs the campaign, ``jobs`` runs at a time, always the next ones of a plan made afresh
+    whenever a run ends: tuning unlocks later stages, and a flagged run its fallback.
 
     Returns:
       How many runs were trained.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    trained = 0
-    while True:
-        todo = [s for s in plan(results_dir, molecules, qm9)
+
+    def todo() -> list[run_grid.RunSpec]:
+        return [s for s in plan(results_dir, molecules, qm9)
                 if run_grid.run_state(s, results_dir) not in ("done", "failed")]
-        if not todo:
-            return trained
-        run_grid.run_grid(todo[:jobs], results_dir, scratch_dir, jobs=jobs, log=log)
-        trained += len(todo[:jobs])
+
+    if jobs > 1:  # local processes, refilled from the plan as each ends
+        return len(run_grid.submit_runs([], results_dir, scratch_dir, jobs=jobs, executor="local", log=log,
+                                        refill=todo))
+    trained = 0
+    while next_runs := todo():
+        run_grid.run_grid(next_runs[:1], results_dir, scratch_dir, jobs=1, log=log)
+        trained += 1
+    return trained
 
 
 # ----------------------------------------------------------------------------------------------

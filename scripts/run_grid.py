@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -626,8 +626,8 @@ def make_executor(kind: str, folder: Path, slurm: dict[str, Any] | None = None) 
 
 
 def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *, jobs: int, executor: str,
-                slurm: dict[str, Any] | None = None, log: Any = print,
-                poll_seconds: float = 1.0) -> list[dict[str, Any]]:
+                slurm: dict[str, Any] | None = None, log: Any = print, poll_seconds: float = 1.0,
+                refill: Callable[[], Sequence[RunSpec]] | None = None) -> list[dict[str, Any]]:
     """Runs ``todo`` as ``submitit`` jobs, at most ``jobs`` at a time, and reports each as it ends.
 
     Each job is :func:`run_one` (which resumes an unfinished scratch run), so a grid interrupted
@@ -635,10 +635,23 @@ def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *
     job is reported and does not stop the others. submitit's files (the pickled call, logs) go to
     ``scratch_dir/submitit``.
 
+    Args:
+      refill: instead of a fixed ``todo`` (pass it empty), a plan that changes as runs end: it is
+        called at the start and after every run that ends, and returns the runs to do now, in
+        order; those running, and those whose job raised, are skipped.
+
     Returns:
       The ``run_info.json`` payloads of the runs that ended, in the order they ended.
     """
-    if not todo:
+    if todo and refill is not None:
+        raise ValueError("pass either todo or refill, not both")
+    crashed: set[Path] = set()  # a run whose job raised is not submitted again by refill
+
+    def replan(busy: set[Path]) -> list[RunSpec]:
+        return list(todo) if refill is None else [s for s in refill() if s.rel_dir not in busy | crashed]
+
+    pending = replan(set())
+    if not pending:
         return []
     import cloudpickle
 
@@ -646,7 +659,9 @@ def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *
     if __name__ != "__main__":  # imported by path (tests): the jobs cannot import it by name
         cloudpickle.register_pickle_by_value(module)
     pool = make_executor(executor, Path(scratch_dir) / "submitit", slurm)
-    pending, running, infos, k = list(todo), {}, [], 0
+    running: dict[Any, RunSpec] = {}
+    infos: list[dict[str, Any]] = []
+    k = 0
     while pending or running:
         while pending and len(running) < max(jobs, 1):
             spec = pending.pop(0)
@@ -657,22 +672,31 @@ def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *
             continue
         for job in ended:
             spec, k = running.pop(job), k + 1
+            n = len(todo) if refill is None else None
             try:
                 info = job.result()
             except Exception as err:  # one failed run must not stop the others; it is reported
-                log(f"[{k}/{len(todo)}] FAILED {spec.rel_dir}: {type(err).__name__}: {str(err)[-2000:]} "
+                crashed.add(spec.rel_dir)
+                log(f"{_count(k, n)} FAILED {spec.rel_dir}: {type(err).__name__}: {str(err)[-2000:]} "
                     f"(job {job.job_id}, logs in {Path(scratch_dir) / 'submitit'})")
                 continue
             infos.append(info)
-            log(_line(k, len(todo), spec, info))
+            log(_line(k, n, spec, info))
+        if refill is not None:
+            pending = replan({s.rel_dir for s in running.values()})
     return infos
 
 
-def _line(k: int, n: int, spec: RunSpec, info: dict[str, Any]) -> str:
+def _count(k: int, n: int | None) -> str:
+    return f"[{k}/{n}]" if n is not None else f"[{k}]"
+
+
+def _line(k: int, n: int | None, spec: RunSpec, info: dict[str, Any]) -> str:
     if info["flags"]:
-        return f"[{k}/{n}] FAILED (flagged) {spec.rel_dir}: {'; '.join(info['flags'])}"
+        return f"{_count(k, n)} FAILED (flagged) {spec.rel_dir}: {'; '.join(info['flags'])}"
     errors = ", ".join(f"{key} {value:.4g}" for key, value in info["test"].items())
-    return f"[{k}/{n}] {spec.rel_dir}: {errors} ({info['wall_seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU)"
+    took = f"{info['wall_seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU"
+    return f"{_count(k, n)} {spec.rel_dir}: {errors} ({took})"
 
 
 # ----------------------------------------------------------------------------------------------

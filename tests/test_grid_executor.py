@@ -48,3 +48,23 @@ def test_unknown_executor_is_refused(tmp_path):
 def test_local_jobs_are_not_cut_by_a_time_limit(tmp_path):
     # submitit's own default (2 minutes) killed 1,000-epoch runs mid-way
     assert grid.make_executor("local", tmp_path).parameters["timeout_min"] >= 24 * 60
+
+
+def test_refill_follows_a_plan_that_grows_and_never_resubmits_a_crash(tmp_path):
+    results, scratch = tmp_path / "results", tmp_path / "scratch"
+    raw, smooth = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw", "smooth"), seeds=[1], budget=TINY)
+    broken = grid.RunSpec(**{**raw.__dict__, "arm": "broken", "config": {**raw.config, "encoding": "nope"}})
+    calls = []
+
+    def plan():  # smooth is planned only once raw has finished; the broken run always is
+        calls.append(1)
+        wanted = [broken, raw] + ([smooth] if grid.run_state(raw, results) == "done" else [])
+        return [s for s in wanted if grid.run_state(s, results) != "done"]
+
+    lines = []
+    infos = grid.submit_runs([], results, scratch, jobs=2, executor="local", log=lines.append, refill=plan)
+    assert [i["arm"] for i in infos] == ["raw", "smooth"], lines
+    assert sum("FAILED" in line and "broken" in line for line in lines) == 1  # submitted once, reported once
+    assert len(calls) >= 3 and all(line.startswith("[") for line in lines)
+    with pytest.raises(ValueError, match="either todo or refill"):
+        grid.submit_runs([raw], results, scratch, jobs=2, executor="local", refill=plan)
