@@ -468,7 +468,8 @@ def tuning_rows(tuning_runs: Sequence[Run], chosen: dict[str, dict[str, float]])
 
 def plot_curves(runs: Sequence[Run], path: Path) -> bool:
     """Validation force MAE against epoch (log-log) of every arm on split 1, one panel per molecule
-    and backbone. Returns False (and writes nothing) without finished runs."""
+    and backbone, one colour per arm: a flagged run dashed and faint, its stand-in at a lower rate
+    solid. Returns False (and writes nothing) without finished runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,18 +478,22 @@ def plot_curves(runs: Sequence[Run], path: Path) -> bool:
     cases = sorted({(r.molecule, r.backbone) for r in runs if r.split == 1 and r.val_curve})
     if not cases:
         return False
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases) + 1.6, 3.4), squeeze=False)
+    labels: dict[str, Any] = {}
     for ax, (molecule, backbone) in zip(axes[0], cases):
-        for arm in ARMS:
+        for k, arm in enumerate(ARMS):
             for run in runs:
                 if (run.molecule, run.backbone, run.arm, run.split) == (molecule, backbone, arm, 1) and run.val_curve:
                     label = arm + (f" (lr {run.lr:g})" if run.fallback else "") + (" (flagged)" if run.flags else "")
-                    ax.plot(np.arange(1, len(run.val_curve) + 1), run.val_curve, label=label, lw=1)
+                    (line,) = ax.plot(np.arange(1, len(run.val_curve) + 1), run.val_curve, color=f"C{k}",
+                                      lw=0.8 if run.flags else 1.0, ls="--" if run.flags else "-",
+                                      alpha=0.45 if run.flags else 1.0)
+                    labels.setdefault(label, line)
         ax.set(xscale="log", yscale="log", xlabel="epoch", title=f"{molecule}, {backbone}, split 1")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("validation force MAE (meV/Å)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(labels.values(), labels.keys(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * len(cases) + 1.6), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
