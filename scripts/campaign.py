@@ -12,8 +12,8 @@ whole campaign in order, and a second one resumes it):
    of :func:`main_plan`, split-major, so a cut-short campaign is balanced. A flagged main run is run
    once more at the next lower rate of :data:`LR_CANDIDATES` (the protocol's amendment 1, the same
    rule for every arm), right after it, into ``<arm>-lr<rate>``; its cell reports that run. Where
-   ``frozen`` falls back and ``posenc`` did not, ``posenc`` also runs at the fallback's rate
-   (:data:`MATCHED`, amendment 2): the trained-against-frozen control at one rate.
+   ``posenc`` and ``frozen`` finished at different rates, the one at the higher rate also runs at
+   the lower (``<arm>-ratematched``, amendment 2): the trained-against-frozen control at one rate.
 4. ``qm9``: the QM9 subset (:data:`QM9_TARGETS` x :data:`QM9_ARMS` x :data:`QM9_SEEDS`, one rate
    for every arm, stopped once validation stops improving), after the MD17 runs.
 
@@ -206,8 +206,10 @@ def fallback_spec(spec: run_grid.RunSpec) -> run_grid.RunSpec | None:
                                config={**spec.config, "lr": max(lower)})
 
 
-#: The rate-matched control (amendment 2): ``posenc`` at the rate of ``frozen``'s fallback run.
-MATCHED = "posenc-ratematched"
+#: The rate-matched control (amendment 2): trained against frozen table at one rate.
+CONTROL = ("posenc", "frozen")
+#: Marks a rate-matched control run's folder: ``<arm>-ratematched``.
+MATCHED = "-ratematched"
 
 
 def _main_spec(molecule: str, split: int, backbone: str, arm: str,
@@ -221,8 +223,9 @@ def main_specs(settings: dict[str, dict[str, float]], molecules: Sequence[str] =
     """Stage 3: the main runs of every arm whose setting is chosen (the others wait).
 
     With ``results_dir``, each flagged run is followed by its :func:`fallback_spec` (amendment 1;
-    none after a flagged fallback), and a ``frozen`` fallback by :data:`MATCHED`, ``posenc`` at the
-    fallback's rate, when ``posenc`` finished at another rate on that split (amendment 2).
+    none after a flagged fallback); and once both arms of :data:`CONTROL` have a result on a split
+    at different rates, the one at the higher rate is run again at the lower rate, into
+    ``<arm>-ratematched`` (amendment 2).
     """
     specs = []
     for molecule, split, backbone, arm in main_plan(molecules):
@@ -231,15 +234,29 @@ def main_specs(settings: dict[str, dict[str, float]], molecules: Sequence[str] =
         spec = _main_spec(molecule, split, backbone, arm, settings)
         specs.append(spec)
         fallback = fallback_spec(spec)
-        if results_dir is None or fallback is None or run_grid.run_state(spec, results_dir) != "failed":
+        if results_dir is None:
             continue
-        specs.append(fallback)
-        rate = fallback.config["lr"]
-        if arm == "frozen" and "posenc" in settings and settings["posenc"]["lr"] != rate:
-            posenc = _main_spec(molecule, split, backbone, "posenc", settings)
-            if run_grid.run_state(posenc, results_dir) == "done":
-                specs.append(dataclasses.replace(posenc, arm=MATCHED, config={**posenc.config, "lr": rate}))
+        if fallback is not None and run_grid.run_state(spec, results_dir) == "failed":
+            specs.append(fallback)
+        if arm == CONTROL[1] and CONTROL[0] in settings:
+            specs += _rate_matched(molecule, split, backbone, settings, results_dir)
     return specs
+
+
+def _rate_matched(molecule: str, split: int, backbone: str, settings: dict[str, dict[str, float]],
+                  results_dir: Path) -> list[run_grid.RunSpec]:
+    """Amendment 2: the :data:`CONTROL` arm that finished at the higher rate, again at the lower."""
+    finished = {}
+    for arm in CONTROL:
+        spec = _main_spec(molecule, split, backbone, arm, settings)
+        for candidate in (spec, fallback_spec(spec)):
+            if candidate is not None and run_grid.run_state(candidate, results_dir) == "done":
+                finished[arm] = candidate
+    if len(finished) < 2 or len({s.config["lr"] for s in finished.values()}) == 1:
+        return []
+    high, low = sorted(finished.values(), key=lambda s: -s.config["lr"])
+    return [dataclasses.replace(high, arm=f"{high.arm.split(FALLBACK)[0]}{MATCHED}",
+                                config={**high.config, "lr": low.config["lr"]})]
 
 
 def qm9_specs(settings: dict[str, dict[str, float]]) -> list[run_grid.RunSpec]:
@@ -423,6 +440,21 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
     return rows
 
 
+def controls(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Amendment 2's control: on each split with a ``<arm>-ratematched`` run, :data:`CONTROL`'s two
+    arms at that run's rate, compared by :func:`paired`'s rule (a = trained, b = frozen)."""
+    a, b = (f"{arm}, one rate" for arm in CONTROL)
+    picked = []
+    for m in runs:
+        if m.arm.endswith(MATCHED) and not m.flags:
+            for arm, name in zip(CONTROL, (a, b)):
+                family = (arm, f"{arm}{MATCHED}")
+                picked += [dataclasses.replace(r, arm=name) for r in runs
+                           if (r.molecule, r.backbone, r.split, r.lr) == (m.molecule, m.backbone, m.split, m.lr)
+                           and r.arm in family and not r.flags]
+    return paired(picked, ((a, b),))
+
+
 PAPER_TABLE2 = run_grid.DEFAULT_RESULTS / "paper_table2.csv"
 
 
@@ -597,13 +629,13 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                 lines.append(line)
     lines += ["", "## Paired differences (force MAE, a - b on each split)", ""]
     lines += _pair_lines(pairs) or ["No pair of arms shares a finished split yet."]
-    controls = paired(runs, ((MATCHED, "frozen"),))
-    run_grid.write_csv(results_dir / "controls.csv", controls)
+    matched = controls(runs)
+    run_grid.write_csv(results_dir / "controls.csv", matched)
     lines += ["", "## Rate-matched control (amendment 2): trained against frozen table at one rate", "",
-              f"`{MATCHED}` is posenc at the rate of frozen's stand-in run, on the splits where frozen fell back",
-              "and posenc had not: the trained and the frozen table at the same rate. A diagnostic, listed here",
-              "only (never in Table 1 or the paired differences above).", ""]
-    lines += _pair_lines(controls) or ["No rate-matched pair has finished yet."]
+              "Where posenc and frozen finished a split at different rates, the one at the higher rate was run",
+              f"again at the lower (`<arm>{MATCHED}`): the trained and the frozen table at one rate. A diagnostic,",
+              "listed here only (never in Table 1 or the paired differences above).", ""]
+    lines += _pair_lines(matched) or ["No rate-matched pair has finished yet."]
     qm9 = qm9_table(results_dir)
     run_grid.write_csv(results_dir / "qm9.csv", qm9)
     composition = {r["target"]: r for r in qm9_composition(results_dir)}

@@ -159,31 +159,44 @@ def test_jobs_must_be_positive(tmp_path):
         campaign.run(tmp_path, tmp_path / "scratch", ["ethanol"], qm9=False, jobs=0)
 
 
-def test_a_frozen_fallback_brings_the_rate_matched_control(tmp_path):
+def test_the_rate_matched_control_runs_the_higher_rate_arm_at_the_lower_rate(tmp_path):
     settings = {"posenc": {"lr": 3e-3, "lam": 0.0}, "frozen": {"lr": 3e-3, "lam": 0.0}}
 
     def egnn(split):
         return [s for s in campaign.main_specs(settings, ["ethanol"], tmp_path)
                 if s.seed == split and s.backbone == "egnn"]
 
+    # split 1: frozen falls back to 1e-3, posenc finished at 3e-3 -> posenc again at 1e-3
     specs = {s.arm: s for s in egnn(1)}
     _finish(tmp_path, specs["frozen"], 9.0, flags=("spike at epoch 160",))
-    assert campaign.MATCHED not in [s.arm for s in egnn(1)]  # posenc has not finished yet: nothing to match
+    assert [s.arm for s in egnn(1)] == ["posenc", "frozen", "frozen-lr0.001"]  # posenc not finished yet
     _finish(tmp_path, specs["posenc"], 11.0, force=11.0)
+    assert [s.arm for s in egnn(1)] == ["posenc", "frozen", "frozen-lr0.001"]  # nor frozen's stand-in
+    _finish(tmp_path, egnn(1)[2], 9.5, force=9.5)
     planned = egnn(1)
-    assert [s.arm for s in planned] == ["posenc", "frozen", "frozen-lr0.001", campaign.MATCHED]
-    matched = planned[-1]
-    assert matched.config == {**specs["posenc"].config, "lr": 1e-3}
-    _finish(tmp_path, planned[2], 9.5, force=9.5)
-    _finish(tmp_path, matched, 10.0, force=10.0)
-    runs = campaign.read_runs(tmp_path)
-    assert {r["arm"] for r in campaign.table1(runs)} == {"posenc", "frozen"}  # the control is not a cell
-    (control,) = campaign.paired(runs, ((campaign.MATCHED, "frozen"),))
-    assert (control["rates"], control["differences"]) == ("0.001/0.001", "+0.50")
-    (pair,) = [p for p in campaign.paired(runs) if (p["a"], p["b"]) == ("posenc", "frozen")]
-    assert pair["rates"] == "0.003/0.001"
-    # posenc fell back too: both at 1e-3 already, no control needed
+    assert [s.arm for s in planned] == ["posenc", "frozen", "frozen-lr0.001", "posenc-ratematched"]
+    assert planned[-1].config == {**specs["posenc"].config, "lr": 1e-3}
+    _finish(tmp_path, planned[-1], 10.0, force=10.0)
+    # split 2: the other way round -> frozen again at posenc's stand-in rate
     other = {s.arm: s for s in egnn(2)}
     _finish(tmp_path, other["posenc"], 9.0, flags=("stuck",))
-    _finish(tmp_path, other["frozen"], 9.0, flags=("stuck",))
-    assert [s.arm for s in egnn(2)] == ["posenc", "posenc-lr0.001", "frozen", "frozen-lr0.001"]
+    _finish(tmp_path, other["frozen"], 8.0, force=8.0)
+    _finish(tmp_path, egnn(2)[1], 12.0, force=12.0)  # posenc-lr0.001
+    planned = egnn(2)
+    assert [s.arm for s in planned] == ["posenc", "posenc-lr0.001", "frozen", "frozen-ratematched"]
+    assert planned[-1].config == {**other["frozen"].config, "lr": 1e-3}
+    _finish(tmp_path, planned[-1], 11.0, force=11.0)
+    # split 3: both fell back to 1e-3 -> one rate already, no control run
+    third = {s.arm: s for s in egnn(3)}
+    for arm in ("posenc", "frozen"):
+        _finish(tmp_path, third[arm], 9.0, flags=("stuck",))
+        _finish(tmp_path, campaign.fallback_spec(third[arm]), 10.0, force=10.0)
+    assert [s.arm for s in egnn(3)] == ["posenc", "posenc-lr0.001", "frozen", "frozen-lr0.001"]
+
+    runs = campaign.read_runs(tmp_path)
+    assert {r["arm"] for r in campaign.table1(runs)} == {"posenc", "frozen"}  # the controls are no cells
+    (control,) = campaign.controls(runs)
+    assert (control["splits"], control["rates"], control["differences"]) == ("1 2", "0.001/0.001 0.001/0.001",
+                                                                              "+0.50 +1.00")
+    (pair,) = [p for p in campaign.paired(runs) if (p["a"], p["b"]) == ("posenc", "frozen")]
+    assert pair["rates"] == "0.003/0.001 0.001/0.003 0.001/0.001"
