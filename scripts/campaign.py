@@ -233,9 +233,9 @@ def main_specs(settings: dict[str, dict[str, float]], molecules: Sequence[str] =
             continue
         spec = _main_spec(molecule, split, backbone, arm, settings)
         specs.append(spec)
-        fallback = fallback_spec(spec)
         if results_dir is None:
             continue
+        fallback = fallback_spec(spec)
         if fallback is not None and run_grid.run_state(spec, results_dir) == "failed":
             specs.append(fallback)
         if arm == CONTROL[1] and CONTROL[0] in settings:
@@ -411,8 +411,7 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
     splits), ``within noise`` otherwise. ``rates`` gives each split's two learning rates: where
     they differ, the difference is of arm *and* rate.
     """
-    by_key = {(r.molecule, r.backbone, r.arm, r.split): r.force_mae for r in runs if not r.flags}
-    lr = {(r.molecule, r.backbone, r.arm, r.split): r.lr for r in runs if not r.flags}
+    by_key = {(r.molecule, r.backbone, r.arm, r.split): r for r in runs if not r.flags}
     cases = sorted({(r.molecule, r.backbone) for r in runs})
     rows = []
     for molecule, backbone in cases:
@@ -421,8 +420,9 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
                       if (molecule, backbone, a, s) in by_key and (molecule, backbone, b, s) in by_key]
             if not splits:
                 continue
-            fa = np.array([by_key[(molecule, backbone, a, s)] for s in splits])
-            fb = np.array([by_key[(molecule, backbone, b, s)] for s in splits])
+            ra = [by_key[(molecule, backbone, a, s)] for s in splits]
+            rb = [by_key[(molecule, backbone, b, s)] for s in splits]
+            fa, fb = np.array([r.force_mae for r in ra]), np.array([r.force_mae for r in rb])
             diff = fa - fb
             spread = max(float(fa.std(ddof=1)), float(fb.std(ddof=1))) if len(splits) > 1 else float("nan")
             if len(splits) < 2:
@@ -434,8 +434,7 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
             rows.append({"molecule": molecule, "backbone": backbone, "a": a, "b": b,
                          "splits": " ".join(map(str, splits)),
                          "differences": " ".join(f"{d:+.2f}" for d in diff), "mean": float(diff.mean()),
-                         "rates": " ".join(f"{lr[(molecule, backbone, a, s)]:g}/{lr[(molecule, backbone, b, s)]:g}"
-                                           for s in splits),
+                         "rates": " ".join(f"{x.lr:g}/{y.lr:g}" for x, y in zip(ra, rb)),
                          "spread": spread, "ratio_b_over_a": float(fb.mean() / fa.mean()), "verdict": verdict})
     return rows
 

@@ -661,7 +661,7 @@ def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *
     pool = make_executor(executor, Path(scratch_dir) / "submitit", slurm)
     running: dict[Any, RunSpec] = {}
     infos: list[dict[str, Any]] = []
-    k = 0
+    k, n = 0, (len(todo) if refill is None else None)  # a refilled plan has no known length
     while pending or running:
         while pending and len(running) < max(jobs, 1):
             spec = pending.pop(0)
@@ -672,7 +672,6 @@ def submit_runs(todo: Sequence[RunSpec], results_dir: Path, scratch_dir: Path, *
             continue
         for job in ended:
             spec, k = running.pop(job), k + 1
-            n = len(todo) if refill is None else None
             try:
                 info = job.result()
             except Exception as err:  # one failed run must not stop the others; it is reported
