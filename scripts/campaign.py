@@ -97,7 +97,7 @@ QM9_TARGETS = ("U0", "homo", "mu")
 QM9_SUBSET = 10_000
 QM9_ARMS = ("raw", "mlp", "posenc", "smooth")
 QM9_SEEDS = (1, 2, 3)
-QM9_CONFIG: dict[str, Any] = {"n_layers": 4, "hidden": 64, "batch_size": 16, "schedule": "cosine", "device": "cpu",
+QM9_CONFIG: dict[str, Any] = {"n_layers": 4, "hidden": 64, "batch_size": 96, "schedule": "cosine", "device": "cpu",
                               "lr": 5e-4, "loss": "l1", "epochs": 300, "stop_patience": 30,
                               "qm9_subset": QM9_SUBSET}
 #: Arms per (backbone, molecule kind): aspirin (21 atoms, ~4x the cost) runs four arms on split 1.
@@ -275,19 +275,27 @@ def qm9_specs(settings: dict[str, dict[str, float]]) -> list[run_grid.RunSpec]:
     return specs
 
 
-def plan(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES,
-         qm9: bool = True) -> list[run_grid.RunSpec]:
-    """Every run that can be configured now, in the order they should run: the tuning, the MD17
-    runs, then (with ``qm9``) the QM9 subset."""
+def plan(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES, qm9: bool = True,
+         md17: bool = True, device: str | None = None) -> list[run_grid.RunSpec]:
+    """Every run that can be configured now, in the order they should run: the tuning, then (with
+    ``md17``) the MD17 runs, then (with ``qm9``) the QM9 subset.
+
+    Args:
+      device: train on this torch device instead of the protocol's ``cpu`` (an execution setting:
+        :func:`run_grid.run_state` does not compare it, so a run may resume on another device).
+    """
     specs = tune_specs()
     settings = chosen_settings(results_dir)
     if "posenc" in settings:
         specs += tune_lam_specs(settings["posenc"]["lr"])
-    return specs + main_specs(settings, molecules, results_dir) + (qm9_specs(settings) if qm9 else [])
+    specs += (main_specs(settings, molecules, results_dir) if md17 else []) + (qm9_specs(settings) if qm9 else [])
+    if device is not None:
+        specs = [dataclasses.replace(s, config={**s.config, "device": device}) for s in specs]
+    return specs
 
 
 def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], qm9: bool = True, log: Any = print,
-        jobs: int = 1) -> int:
+        jobs: int = 1, md17: bool = True, device: str | None = None) -> int:
     """Runs the campaign, ``jobs`` runs at a time, always the next ones of a plan made afresh
     whenever a run ends: tuning unlocks later stages, and a flagged run its fallback.
 
@@ -298,7 +306,7 @@ def run(results_dir: Path, scratch_dir: Path, molecules: Sequence[str], qm9: boo
         raise ValueError(f"jobs must be at least 1, got {jobs}")
 
     def todo() -> list[run_grid.RunSpec]:
-        return [s for s in plan(results_dir, molecules, qm9)
+        return [s for s in plan(results_dir, molecules, qm9, md17, device)
                 if run_grid.run_state(s, results_dir) not in ("done", "failed")]
 
     if jobs > 1:  # local processes, refilled from the plan as each ends
@@ -422,21 +430,36 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
                 continue
             ra = [by_key[(molecule, backbone, a, s)] for s in splits]
             rb = [by_key[(molecule, backbone, b, s)] for s in splits]
-            fa, fb = np.array([r.force_mae for r in ra]), np.array([r.force_mae for r in rb])
-            diff = fa - fb
-            spread = max(float(fa.std(ddof=1)), float(fb.std(ddof=1))) if len(splits) > 1 else float("nan")
-            if len(splits) < 2:
-                verdict = "one split: no verdict"
-            elif (np.all(diff < 0) or np.all(diff > 0)) and abs(diff.mean()) > spread:
-                verdict = f"real: {a if diff.mean() < 0 else b} lower"
-            else:
-                verdict = "within noise"
+            verdict = compare([r.force_mae for r in ra], [r.force_mae for r in rb], a, b, "split")
+            rates = " ".join(f"{x.lr:g}/{y.lr:g}" for x, y in zip(ra, rb))
             rows.append({"molecule": molecule, "backbone": backbone, "a": a, "b": b,
-                         "splits": " ".join(map(str, splits)),
-                         "differences": " ".join(f"{d:+.2f}" for d in diff), "mean": float(diff.mean()),
-                         "rates": " ".join(f"{x.lr:g}/{y.lr:g}" for x, y in zip(ra, rb)),
-                         "spread": spread, "ratio_b_over_a": float(fb.mean() / fa.mean()), "verdict": verdict})
+                         "splits": " ".join(map(str, splits)), "differences": verdict.pop("differences"),
+                         "mean": verdict.pop("mean"), "rates": rates, **verdict})
     return rows
+
+
+def compare(errors_a: Sequence[float], errors_b: Sequence[float], a: str, b: str, unit: str,
+            fmt: str = "+.2f") -> dict[str, Any]:
+    """The protocol's paired rule for two arms' errors on the same splits (or seeds), in order.
+
+    A difference a - b is ``real`` when it has the same sign on every ``unit`` and its mean
+    exceeds the spread (the larger std of the two arms; needs >= 2), ``within noise`` otherwise.
+
+    Returns:
+      ``differences`` (text, each in format ``fmt``), ``mean``, ``spread``, ``ratio_b_over_a`` and ``verdict``.
+    """
+    fa, fb = np.asarray(errors_a, dtype=float), np.asarray(errors_b, dtype=float)
+    diff = fa - fb
+    spread = max(float(fa.std(ddof=1)), float(fb.std(ddof=1))) if diff.size > 1 else float("nan")
+    if diff.size < 2:
+        verdict = f"one {unit}: no verdict"
+    elif (np.all(diff < 0) or np.all(diff > 0)) and abs(diff.mean()) > spread:
+        verdict = f"real: {a if diff.mean() < 0 else b} lower"
+    else:
+        verdict = "within noise"
+    return {"differences": " ".join(f"{d:{fmt}}" for d in diff),
+            "mean": float(diff.mean()), "spread": spread, "ratio_b_over_a": float(fb.mean() / fa.mean()),
+            "verdict": verdict}
 
 
 def controls(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -477,10 +500,33 @@ def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
     paper = paper_qm9_rows()
     rows = []
     for (target, arm), members in sorted(groups.items()):
+        members.sort(key=lambda m: m["config"]["seed"])
         mae, std = run_grid._mean_std([m["test"]["mae"] for m in members])
         rows.append({"target": target, "arm": arm, "unit": members[0]["units"][0], "n": len(members),
-                     "mae": mae, "mae_std": std, "epochs_run": " ".join(str(len(m["history"])) for m in members),
+                     "seeds": " ".join(str(m["config"]["seed"]) for m in members),
+                     "maes": " ".join(f"{m['test']['mae']:.4g}" for m in members), "mae": mae, "mae_std": std,
+                     "epochs_run": " ".join(str(len(m["history"])) for m in members),
+                     "devices": " ".join(sorted({m["config"]["device"] for m in members})),
                      "paper_mae": paper.get((target, arm), float("nan"))})
+    return rows
+
+
+#: QM9 arm pairs whose per-seed difference is reported: (a, b) means a - b.
+QM9_PAIRS = (("posenc", "raw"), ("posenc", "mlp"), ("smooth", "posenc"), ("mlp", "raw"))
+
+
+def qm9_paired(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-seed test-MAE difference of every pair of :data:`QM9_PAIRS` on each target, on the
+    seeds both arms finished, by the rule of :func:`compare` (seeds in place of splits)."""
+    cells = {(r["target"], r["arm"]): dict(zip(r["seeds"].split(), map(float, r["maes"].split()))) for r in table}
+    rows = []
+    for target in QM9_TARGETS:
+        for a, b in QM9_PAIRS:
+            ea, eb = cells.get((target, a), {}), cells.get((target, b), {})
+            seeds = [s for s in ea if s in eb]
+            if seeds:
+                rows.append({"target": target, "a": a, "b": b, "seeds": " ".join(seeds),
+                             **compare([ea[s] for s in seeds], [eb[s] for s in seeds], a, b, "seed", "+.3g")})
     return rows
 
 
@@ -552,6 +598,11 @@ def qm9_composition(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
 
 def _fmt(value: float, digits: int = 1) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _qm9_cell(row: dict[str, Any]) -> str:
+    """``mean ± std (n)`` to three significant figures (QM9's units span 0.1 D to 100 meV)."""
+    return f"{row['mae']:.3g}" + (f" ± {row['mae_std']:.2g}" if row["n"] > 1 else "") + f" ({row['n']})"
 
 
 def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
@@ -636,7 +687,9 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
               "listed here only (never in Table 1 or the paired differences above).", ""]
     lines += _pair_lines(matched) or ["No rate-matched pair has finished yet."]
     qm9 = qm9_table(results_dir)
+    qm9_pairs = qm9_paired(qm9)
     run_grid.write_csv(results_dir / "qm9.csv", qm9)
+    run_grid.write_csv(results_dir / "qm9_paired.csv", qm9_pairs)
     composition = {r["target"]: r for r in qm9_composition(results_dir)}
     by_cell = {(r["target"], r["arm"]): r for r in qm9}
     paper_qm9 = paper_qm9_rows()
@@ -647,11 +700,18 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
               + " | paper: ".join(QM9_ARMS) + " |", "|---|---|" + "---|" * (2 * len(QM9_ARMS) + 2)]
     for target in QM9_TARGETS:
         comp = composition[target]
-        cells = [_cell(by_cell[(target, a)]["mae"], by_cell[(target, a)]["mae_std"], by_cell[(target, a)]["n"])
-                 if (target, a) in by_cell else "not run" for a in QM9_ARMS]
+        cells = [_qm9_cell(by_cell[(target, a)]) if (target, a) in by_cell else "not run" for a in QM9_ARMS]
         paper_cells = [f"{paper_qm9[(target, a)]:.3g}" if (target, a) in paper_qm9 else "-" for a in QM9_ARMS]
         lines.append(f"| {target} | {comp['unit']} | " + " | ".join(cells) + f" | {float(comp['test_mae']):.4g} | "
                      f"{float(comp['test_std']):.4g} | " + " | ".join(paper_cells) + " |")
+    devices = sorted({d for r in qm9 for d in r["devices"].split()})
+    if qm9:
+        lines += ["", f"Runs trained on: {', '.join(devices)} (amendment 3; `config.device` of each `result.json`).",
+                  "", "Paired differences per seed (the same rule as Table 1's, seeds in place of splits; "
+                  "`qm9_paired.csv`):", "",
+                  "| target | a - b | seeds | per seed | mean | spread | b / a | verdict |", "|---" * 8 + "|",
+                  *(f"| {p['target']} | {p['a']} - {p['b']} | {p['seeds']} | {p['differences']} | {p['mean']:+.3g} | "
+                    f"{_fmt(p['spread'], 2)} | {p['ratio_b_over_a']:.2f} | {p['verdict']} |" for p in qm9_pairs)]
     failed = [r for r in [*runs, *tuning_runs] if r.flags]
     lines += ["", "## Failed (flagged) runs", ""]
     lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split} (lr {r.lr:g}): {'; '.join(r.flags)}"
@@ -671,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs planned now and their state")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the committed runs")
     p.add_argument("--no-qm9", dest="qm9", action="store_false", help="plan and run the MD17 part only")
+    p.add_argument("--no-md17", dest="md17", action="store_false",
+                   help="plan and run the QM9 part only (after the tuning, which chooses smooth's lambda)")
+    p.add_argument("--device", default=None, help="torch device of the runs (default: the protocol's cpu)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, the next ones in the plan (one thread each)")
     return p
 
@@ -678,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run:
-        for spec in plan(args.results_dir, args.molecules, args.qm9):
+        for spec in plan(args.results_dir, args.molecules, args.qm9, args.md17, args.device):
             print(f"{run_grid.run_state(spec, args.results_dir):8s} {spec.rel_dir}  "
                   f"lr={spec.config['lr']:g} lam={spec.config['lam']:g} epochs={spec.config['epochs']}")
         return 0
@@ -687,7 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, flush=True)
             write_report(args.results_dir, args.molecules)
 
-        run(args.results_dir, args.scratch_dir, args.molecules, args.qm9, log=log, jobs=args.jobs)
+        run(args.results_dir, args.scratch_dir, args.molecules, args.qm9, log=log, jobs=args.jobs, md17=args.md17,
+            device=args.device)
     write_report(args.results_dir, args.molecules)
     return 0
 

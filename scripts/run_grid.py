@@ -535,16 +535,21 @@ def select_rates(results_dir: Path, molecule: str = "ethanol", seed: int = 1) ->
     return chosen
 
 
+#: Config keys that say where a run executes, not what it is: :func:`run_state` does not compare them.
+EXECUTION_KEYS = frozenset({"device"})
+
+
 def run_state(spec: RunSpec, results_dir: Path) -> str:
     """``done`` (finished with this config), ``failed`` (flagged with this config: rerunning
-    repeats it), ``todo``, or ``conflict`` (finished or flagged with another config)."""
+    repeats it), ``todo``, or ``conflict`` (finished or flagged with another config; the
+    :data:`EXECUTION_KEYS` are not compared)."""
     path = results_dir / spec.rel_dir / "result.json"
     if not path.is_file():
         return "todo"
     saved = json.loads(path.read_text())
     if not saved.get("finished") and not is_flagged(saved):
         return "todo"
-    differs = [k for k, v in spec.config.items() if saved["config"].get(k) != v]
+    differs = [k for k, v in spec.config.items() if k not in EXECUTION_KEYS and saved["config"].get(k) != v]
     if differs:
         return "conflict"
     return "failed" if is_flagged(saved) else "done"

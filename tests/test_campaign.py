@@ -200,3 +200,19 @@ def test_the_rate_matched_control_runs_the_higher_rate_arm_at_the_lower_rate(tmp
                                                                               "+0.50 +1.00")
     (pair,) = [p for p in campaign.paired(runs) if (p["a"], p["b"]) == ("posenc", "frozen")]
     assert pair["rates"] == "0.003/0.001 0.001/0.003 0.001/0.001"
+
+
+def test_stages_and_device_can_be_chosen(tmp_path):
+    settings = {"raw": {"lr": 1e-3, "lam": 0.0}, "posenc": {"lr": 3e-3, "lam": 0.0}}
+    for spec in campaign.tune_specs():
+        name = spec.arm.split("-")[1]
+        _finish(tmp_path, spec, 1.0 if spec.config["lr"] == settings.get(name, {"lr": 3e-3})["lr"] else 2.0)
+    for spec in campaign.tune_lam_specs(3e-3):
+        _finish(tmp_path, spec, 1.0 if spec.config["lam"] == 0.01 else 2.0)
+    tuning = len(campaign.tune_specs()) + len(campaign.LAM_CANDIDATES)
+    qm9_only = campaign.plan(tmp_path, md17=False, device="cuda")[tuning:]
+    assert [s.rel_dir for s in qm9_only] == [s.rel_dir for s in campaign.qm9_specs(campaign.chosen_settings(tmp_path))]
+    assert {s.config["device"] for s in qm9_only} == {"cuda"}
+    assert {s.config["batch_size"] for s in qm9_only} == {96}  # amendment 3
+    md17_only = campaign.plan(tmp_path, qm9=False)[tuning:]
+    assert md17_only and all(s.dataset.startswith("md17:") and s.config["device"] == "cpu" for s in md17_only)

@@ -274,3 +274,15 @@ def test_engine_study_and_report(tmp_path):
     assert "| synthetic-md17 `raw` |" in report and "<= 12 |" in report
     assert (tmp_path / "engine_proof_curves.png").stat().st_size > 10_000
     assert not grid.write_engine_report(tmp_path / "empty")
+
+
+def test_run_state_compares_what_a_run_is_not_where_it_ran(tmp_path):
+    (spec,) = grid.expand_grid(md17_molecules=["synthetic"], md17_arms=("raw",), seeds=[1], budget=TINY)
+    path = tmp_path / spec.rel_dir
+    path.mkdir(parents=True)
+    saved = {"finished": True, "flags": [], "config": {**spec.config, "device": "cuda"}}
+    (path / "result.json").write_text(json.dumps(saved))
+    assert grid.run_state(spec, tmp_path) == "done"  # trained on a GPU: the same run
+    saved["config"]["lr"] = 2 * spec.config["lr"]
+    (path / "result.json").write_text(json.dumps(saved))
+    assert grid.run_state(spec, tmp_path) == "conflict"
