@@ -631,8 +631,11 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs if not r.flags}
     cpu = sum(r.cpu_seconds for r in [*runs, *tuning_runs] if np.isfinite(r.cpu_seconds))
     finished = sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)
+    qm9 = qm9_table(results_dir)
+    qm9_planned, qm9_finished = len(QM9_TARGETS) * len(QM9_ARMS) * len(QM9_SEEDS), sum(r["n"] for r in qm9)
     (results_dir / "status.json").write_text(json.dumps(
         {"main_runs_planned": len(planned), "main_runs_finished": finished, "tuning_runs_finished": len(tuning),
+         "qm9_runs_planned": qm9_planned, "qm9_runs_finished": qm9_finished,
          "epochs": EPOCHS, "tune_epochs": TUNE_EPOCHS, "cpu_hours": round(cpu / 3600, 2),
          "settings": settings}, indent=1) + "\n")
     lines = ["# The converged campaign", "",
@@ -643,7 +646,9 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
              "(the protocol's amendment 1; `table1.csv`'s `fallback_splits`).", "",
              f"{finished} of "
              f"{len(planned)} planned main runs and {len(tuning)} tuning runs are finished; they took "
-             f"{cpu / 3600:.1f} CPU-hours (one thread per run; a run cut and resumed counts its last part only).",
+             f"{cpu / 3600:.1f} CPU-hours (one thread per run; a run cut and resumed counts its last part only). "
+             f"{qm9_finished} of {qm9_planned} QM9 runs are finished (on "
+             f"{', '.join(sorted({d for r in qm9 for d in r['devices'].split()})) or 'no device yet'}).",
              "", "## Tuning (ethanol split 1, validation force MAE)", ""]
     if tuning:
         lines += ["| arm | lr | λ | epochs | best validation force MAE | flags | chosen |",
@@ -686,7 +691,6 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
               f"again at the lower (`<arm>{MATCHED}`): the trained and the frozen table at one rate. A diagnostic,",
               "listed here only (never in Table 1 or the paired differences above).", ""]
     lines += _pair_lines(matched) or ["No rate-matched pair has finished yet."]
-    qm9 = qm9_table(results_dir)
     qm9_pairs = qm9_paired(qm9)
     run_grid.write_csv(results_dir / "qm9.csv", qm9)
     run_grid.write_csv(results_dir / "qm9_paired.csv", qm9_pairs)
@@ -704,9 +708,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
         paper_cells = [f"{paper_qm9[(target, a)]:.3g}" if (target, a) in paper_qm9 else "-" for a in QM9_ARMS]
         lines.append(f"| {target} | {comp['unit']} | " + " | ".join(cells) + f" | {float(comp['test_mae']):.4g} | "
                      f"{float(comp['test_std']):.4g} | " + " | ".join(paper_cells) + " |")
-    devices = sorted({d for r in qm9 for d in r["devices"].split()})
     if qm9:
-        lines += ["", f"Runs trained on: {', '.join(devices)} (amendment 3; `config.device` of each `result.json`).",
+        lines += ["", "`qm9.csv` gives each cell's seeds, their errors, epochs and devices (amendment 3).",
                   "", "Paired differences per seed (the same rule as Table 1's, seeds in place of splits; "
                   "`qm9_paired.csv`):", "",
                   "| target | a - b | seeds | per seed | mean | spread | b / a | verdict |", "|---" * 8 + "|",
