@@ -399,8 +399,8 @@ def table1(runs: Sequence[Run]) -> list[dict[str, Any]]:
     rows = []
     for (molecule, backbone, arm), members in sorted(groups.items()):
         members.sort(key=lambda r: r.split)
-        force, force_std = run_grid._mean_std([r.force_mae for r in members])
-        energy, energy_std = run_grid._mean_std([r.energy_mae for r in members])
+        force, force_std = run_grid.mean_std([r.force_mae for r in members])
+        energy, energy_std = run_grid.mean_std([r.energy_mae for r in members])
         rows.append({"molecule": molecule, "backbone": backbone, "arm": arm, "n": len(members),
                      "splits": " ".join(str(r.split) for r in members), "force_mae": force,
                      "force_mae_std": force_std, "energy_mae": energy, "energy_mae_std": energy_std,
@@ -501,7 +501,7 @@ def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
     rows = []
     for (target, arm), members in sorted(groups.items()):
         members.sort(key=lambda m: m["config"]["seed"])
-        mae, std = run_grid._mean_std([m["test"]["mae"] for m in members])
+        mae, std = run_grid.mean_std([m["test"]["mae"] for m in members])
         rows.append({"target": target, "arm": arm, "unit": members[0]["units"][0], "n": len(members),
                      "seeds": " ".join(str(m["config"]["seed"]) for m in members),
                      "maes": " ".join(f"{m['test']['mae']:.4g}" for m in members), "mae": mae, "mae_std": std,

@@ -736,7 +736,7 @@ def flagged_runs(results_dir: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; NaN for one value)."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else float("nan"))
@@ -769,9 +769,9 @@ def summarise(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
             "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
             "unit": members[0]["units"][0],
         }
-        summary["val_mean"], summary["val_std"] = _mean_std([m["best_val"] for m in members])
+        summary["val_mean"], summary["val_std"] = mean_std([m["best_val"] for m in members])
         for metric in metrics:
-            summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std([m["test"][metric] for m in members])
+            summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_std([m["test"][metric] for m in members])
         for key, column in (("values_rel_change", "table_rel_change"),
                             ("values_rel_change_reached", "table_rel_change_reached"),
                             ("values_rel_change_unreached", "table_rel_change_unreached")):
