@@ -430,11 +430,11 @@ def paired(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = PAIRS) -> lis
                 continue
             ra = [by_key[(molecule, backbone, a, s)] for s in splits]
             rb = [by_key[(molecule, backbone, b, s)] for s in splits]
-            verdict = compare([r.force_mae for r in ra], [r.force_mae for r in rb], a, b, "split")
+            ruled = compare([r.force_mae for r in ra], [r.force_mae for r in rb], a, b, "split")
             rates = " ".join(f"{x.lr:g}/{y.lr:g}" for x, y in zip(ra, rb))
             rows.append({"molecule": molecule, "backbone": backbone, "a": a, "b": b,
-                         "splits": " ".join(map(str, splits)), "differences": verdict.pop("differences"),
-                         "mean": verdict.pop("mean"), "rates": rates, **verdict})
+                         "splits": " ".join(map(str, splits)), "differences": ruled.pop("differences"),
+                         "mean": ruled.pop("mean"), "rates": rates, **ruled})  # the CSV's column order
     return rows
 
 
@@ -487,20 +487,29 @@ def paper_qm9_rows(path: Path = PAPER_TABLE2) -> dict[tuple[str, str], float]:
                 if row["backbone"] == "egnn" and row["arm"]}
 
 
-def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
-    """Mean and std over seeds of the test MAE of every (target, arm) with an unflagged QM9 run,
-    with the epochs the runs lasted (they stop when validation stops improving)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+QM9Runs = dict[tuple[str, str], list[dict[str, Any]]]
+
+
+def qm9_runs(results_dir: Path = RESULTS) -> QM9Runs:
+    """``(target, arm) -> result.json`` of every finished, unflagged QM9 run, in seed order."""
+    groups: QM9Runs = {}
     for path in sorted((results_dir / "runs").glob("qm9-*/egnn/*/seed*/result.json")):
         result = json.loads(path.read_text())
         if not result.get("finished") or is_flagged(result):
             continue
         target, arm = path.parts[-5].split("-", 1)[1], path.parts[-3]
         groups.setdefault((target, arm), []).append(result)
+    for members in groups.values():
+        members.sort(key=lambda m: m["config"]["seed"])
+    return groups
+
+
+def qm9_table(runs: QM9Runs) -> list[dict[str, Any]]:
+    """Mean and std over seeds of the test MAE of every (target, arm) of :func:`qm9_runs`, with
+    the epochs the runs lasted (they stop when validation stops improving)."""
     paper = paper_qm9_rows()
     rows = []
-    for (target, arm), members in sorted(groups.items()):
-        members.sort(key=lambda m: m["config"]["seed"])
+    for (target, arm), members in sorted(runs.items()):
         mae, std = run_grid.mean_std([m["test"]["mae"] for m in members])
         rows.append({"target": target, "arm": arm, "unit": members[0]["units"][0], "n": len(members),
                      "seeds": " ".join(str(m["config"]["seed"]) for m in members),
@@ -515,17 +524,17 @@ def qm9_table(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
 QM9_PAIRS = (("posenc", "raw"), ("posenc", "mlp"), ("smooth", "posenc"), ("mlp", "raw"))
 
 
-def qm9_paired(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def qm9_paired(runs: QM9Runs) -> list[dict[str, Any]]:
     """The per-seed test-MAE difference of every pair of :data:`QM9_PAIRS` on each target, on the
     seeds both arms finished, by the rule of :func:`compare` (seeds in place of splits)."""
-    cells = {(r["target"], r["arm"]): dict(zip(r["seeds"].split(), map(float, r["maes"].split()))) for r in table}
+    cells = {key: {m["config"]["seed"]: m["test"]["mae"] for m in members} for key, members in runs.items()}
     rows = []
     for target in QM9_TARGETS:
         for a, b in QM9_PAIRS:
             ea, eb = cells.get((target, a), {}), cells.get((target, b), {})
             seeds = [s for s in ea if s in eb]
             if seeds:
-                rows.append({"target": target, "a": a, "b": b, "seeds": " ".join(seeds),
+                rows.append({"target": target, "a": a, "b": b, "seeds": " ".join(map(str, seeds)),
                              **compare([ea[s] for s in seeds], [eb[s] for s in seeds], a, b, "seed", "+.3g")})
     return rows
 
@@ -631,7 +640,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     done = {(r.molecule, r.backbone, r.arm, r.split) for r in runs if not r.flags}
     cpu = sum(r.cpu_seconds for r in [*runs, *tuning_runs] if np.isfinite(r.cpu_seconds))
     finished = sum(1 for s in planned if (s.dataset.split(':')[1], s.backbone, s.arm, s.seed) in done)
-    qm9 = qm9_table(results_dir)
+    qm9_results = qm9_runs(results_dir)
+    qm9 = qm9_table(qm9_results)
     qm9_planned, qm9_finished = len(QM9_TARGETS) * len(QM9_ARMS) * len(QM9_SEEDS), sum(r["n"] for r in qm9)
     (results_dir / "status.json").write_text(json.dumps(
         {"main_runs_planned": len(planned), "main_runs_finished": finished, "tuning_runs_finished": len(tuning),
@@ -691,7 +701,7 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
               f"again at the lower (`<arm>{MATCHED}`): the trained and the frozen table at one rate. A diagnostic,",
               "listed here only (never in Table 1 or the paired differences above).", ""]
     lines += _pair_lines(matched) or ["No rate-matched pair has finished yet."]
-    qm9_pairs = qm9_paired(qm9)
+    qm9_pairs = qm9_paired(qm9_results)
     run_grid.write_csv(results_dir / "qm9.csv", qm9)
     run_grid.write_csv(results_dir / "qm9_paired.csv", qm9_pairs)
     composition = {r["target"]: r for r in qm9_composition(results_dir)}

@@ -121,7 +121,7 @@ def test_qm9_runs_share_one_recipe_and_wait_for_lambda(tmp_path):
     result = json.loads((tmp_path / spec.rel_dir / "result.json").read_text())
     result.update(test={"mae": 30.0}, units=["meV"])
     (tmp_path / spec.rel_dir / "result.json").write_text(json.dumps(result))
-    (row,) = campaign.qm9_table(tmp_path)
+    (row,) = campaign.qm9_table(campaign.qm9_runs(tmp_path))
     assert (row["target"], row["arm"], row["n"], row["mae"], row["paper_mae"]) == ("U0", "raw", 1, 30.0, 11.0)
 
 
