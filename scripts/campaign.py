@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posenc.runs import is_flagged
+from posenc.runs import is_flagged, spread_cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -373,10 +373,6 @@ def read_runs(results_dir: Path = RESULTS, tuning: bool = False) -> list[Run]:
     return runs
 
 
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f}" + (f" ± {std:.1f}" if n > 1 else "") + f" ({n})"
-
-
 def paper_rows(path: Path = PAPER_TABLE) -> dict[tuple[str, str, str], float]:
     """``(molecule, backbone, arm) -> force MAE`` of the paper's Table 1 (its EGNN and Transformer rows)."""
     out = {}
@@ -611,7 +607,7 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 def _qm9_cell(row: dict[str, Any]) -> str:
     """``mean ± std (n)`` to three significant figures (QM9's units span 0.1 D to 100 meV)."""
-    return f"{row['mae']:.3g}" + (f" ± {row['mae_std']:.2g}" if row["n"] > 1 else "") + f" ({row['n']})"
+    return spread_cell(row["mae"], row["mae_std"], row["n"], ".3g", ".2g")
 
 
 def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
@@ -685,7 +681,7 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                 for arm in arms:
                     row = cell.get((molecule, backbone, arm))
                     missing = "failed" if (molecule, backbone, arm) in failed_cells else "not run"
-                    text = _cell(row[metric], row[f"{metric}_std"], row["n"]) if row else missing
+                    text = spread_cell(row[metric], row[f"{metric}_std"], row["n"]) if row else missing
                     cells.append(text + (" †" if row and row["fallback_splits"] else ""))
                 line = f"| {molecule} | " + " | ".join(cells) + " |"
                 if metric == "force_mae":

@@ -10,7 +10,7 @@ import pytest
 
 from posenc.interpret import Tables
 from posenc.runs import (config_summary, flagged_runs, is_flagged, reached_movement, read_json, read_test_metric,
-                         run_dir)
+                         run_dir, spread_cell)
 
 
 def test_run_dir_follows_the_grid_layout(tmp_path):
@@ -68,3 +68,11 @@ def test_reached_movement_averages_the_layers():
     assert moved["values moved, unreached rows"] == pytest.approx(0.4)
     assert moved["rows reached"] == 42  # 41.5 rounds to even
     assert reached_movement(None) == {} and reached_movement({"tables": [{"bins_reached": 3}]}) == {}
+
+
+def test_spread_cell_gives_a_spread_only_over_several_runs():
+    assert spread_cell(11.2634, 0.2871, 3) == "11.3 ± 0.3 (3)"
+    assert spread_cell(11.2634, 0.2871, 1) == "11.3 (1)"  # one run: no spread, whatever std says
+    assert spread_cell(0.15321, 0.004127, 2, ".3g", ".2g") == "0.153 ± 0.0041 (2)"
+    with pytest.raises(ValueError, match="at least one run"):
+        spread_cell(1.0, 0.0, 0)
