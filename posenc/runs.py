@@ -89,6 +89,15 @@ def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f", std_fmt: str 
     return f"{mean:{fmt}}{spread} ({n})"
 
 
+def qm9_cell(mean: float, std: float, n: int) -> str:
+    """A QM9 results cell over ``n`` seeds: :func:`spread_cell` to three significant figures.
+
+    QM9's units span 0.1 D (μ) to 100 meV (U0, HOMO), so a fixed number of decimals would not fit
+    both; the spread gets two significant figures.
+    """
+    return spread_cell(mean, std, n, ".3g", ".2g")
+
+
 def config_summary(result: Mapping[str, Any] | None, tables: Sequence[Tables]) -> dict[str, Any]:
     """One row describing a run's model and its learned tables (for a table of runs).
 

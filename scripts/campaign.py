@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posenc.runs import is_flagged, spread_cell
+from posenc.runs import is_flagged, qm9_cell, spread_cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -605,11 +605,6 @@ def _fmt(value: float, digits: int = 1) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _qm9_cell(row: dict[str, Any]) -> str:
-    """``mean ± std (n)`` to three significant figures (QM9's units span 0.1 D to 100 meV)."""
-    return spread_cell(row["mae"], row["mae_std"], row["n"], ".3g", ".2g")
-
-
 def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
     """The markdown table of :func:`paired`'s rows (none without rows)."""
     if not pairs:
@@ -710,7 +705,8 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
               + " | paper: ".join(QM9_ARMS) + " |", "|---|---|" + "---|" * (2 * len(QM9_ARMS) + 2)]
     for target in QM9_TARGETS:
         comp = composition[target]
-        cells = [_qm9_cell(by_cell[(target, a)]) if (target, a) in by_cell else "not run" for a in QM9_ARMS]
+        ours = [by_cell.get((target, a)) for a in QM9_ARMS]
+        cells = [qm9_cell(r["mae"], r["mae_std"], r["n"]) if r else "not run" for r in ours]
         paper_cells = [f"{paper_qm9[(target, a)]:.3g}" if (target, a) in paper_qm9 else "-" for a in QM9_ARMS]
         lines.append(f"| {target} | {comp['unit']} | " + " | ".join(cells) + f" | {float(comp['test_mae']):.4g} | "
                      f"{float(comp['test_std']):.4g} | " + " | ".join(paper_cells) + " |")

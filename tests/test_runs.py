@@ -10,7 +10,7 @@ import pytest
 
 from posenc.interpret import Tables
 from posenc.runs import (config_summary, flagged_runs, is_flagged, reached_movement, read_json, read_test_metric,
-                         run_dir, spread_cell)
+                         qm9_cell, run_dir, spread_cell)
 
 
 def test_run_dir_follows_the_grid_layout(tmp_path):
@@ -76,3 +76,9 @@ def test_spread_cell_gives_a_spread_only_over_several_runs():
     assert spread_cell(0.15321, 0.004127, 2, ".3g", ".2g") == "0.153 ± 0.0041 (2)"
     with pytest.raises(ValueError, match="at least one run"):
         spread_cell(1.0, 0.0, 0)
+
+
+def test_qm9_cell_keeps_three_figures_across_units():
+    assert qm9_cell(0.15321, 0.004127, 2) == "0.153 ± 0.0041 (2)"  # μ in D
+    assert qm9_cell(85.712, 4.3381, 2) == "85.7 ± 4.3 (2)"  # U0 in meV
+    assert qm9_cell(141.26, 0.0, 1) == "141 (1)"
