@@ -458,6 +458,34 @@ def compare(errors_a: Sequence[float], errors_b: Sequence[float], a: str, b: str
             "verdict": verdict}
 
 
+def flagged_main(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Every flagged run of a main arm beside the run that stands in for it (amendment 1).
+
+    A flagged run is no result: it is never averaged into a table or a paired difference. A spike or
+    a late start does not stop training, though, so most flagged runs still ran to their last epoch
+    and were tested; this list reports what each scored and what its stand-in scored, so that the
+    price of the rule is on the record. ``force_mae`` is NaN for a run that stopped (a non-finite
+    loss); ``standin_force_mae`` is NaN while the stand-in runs or when it failed too
+    (``standin_flagged``).
+    """
+    standins = {(r.molecule, r.backbone, r.arm, r.split): r for r in runs if r.fallback}
+    rows = []
+    for run in runs:
+        if not run.flags or run.fallback or run.arm not in ARMS:
+            continue
+        standin = standins.get((run.molecule, run.backbone, run.arm, run.split))
+        curve = np.asarray(run.val_curve, dtype=float)
+        finite = np.isfinite(curve)
+        rows.append({"molecule": run.molecule, "backbone": run.backbone, "arm": run.arm, "split": run.split,
+                     "lr": run.lr, "flag": run.flags[0].split(":")[0], "epochs_run": curve.size,
+                     "best_epoch": int(np.argmin(np.where(finite, curve, np.inf))) + 1 if finite.any() else 0,
+                     "force_mae": run.force_mae,
+                     "standin_lr": standin.lr if standin else float("nan"),
+                     "standin_force_mae": standin.force_mae if standin and not standin.flags else float("nan"),
+                     "standin_flagged": bool(standin and standin.flags)})
+    return rows
+
+
 def controls(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """Amendment 2's control: on each split with a ``<arm>-ratematched`` run, :data:`CONTROL`'s two
     arms at that run's rate, compared by :func:`paired`'s rule (a = trained, b = frozen)."""
@@ -617,8 +645,17 @@ def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
               f"{p['verdict']} |" for p in pairs)]
 
 
+def _flagged_line(row: dict[str, Any]) -> str:
+    """One :func:`flagged_main` row as a line of the README's markdown table."""
+    standin_lr = "-" if np.isnan(row["standin_lr"]) else f"{row['standin_lr']:g}"
+    standin = "failed too" if row["standin_flagged"] else _fmt(row["standin_force_mae"], 2)
+    return (f"| {row['molecule']} | {row['backbone']} | {row['arm']} | {row['split']} | {row['lr']:g} | "
+            f"{row['flag']} | {row['epochs_run']} | {row['best_epoch']} | {_fmt(row['force_mae'], 2)} | "
+            f"{standin_lr} | {standin} |")
+
+
 def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT_MOLECULES) -> None:
-    """``README.md``, ``table1.csv``, ``paired.csv`` and ``learning_curves.png`` of ``results_dir``."""
+    """``README.md``, ``learning_curves.png``, ``status.json`` and the CSV files of ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     runs, tuning_runs = read_runs(results_dir), read_runs(results_dir, tuning=True)
     settings = chosen_settings(results_dir)
@@ -721,6 +758,14 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
     lines += ["", "## Failed (flagged) runs", ""]
     lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split} (lr {r.lr:g}): {'; '.join(r.flags)}"
               for r in failed] or ["None."]
+    flagged = flagged_main(runs)
+    run_grid.write_csv(results_dir / "flagged.csv", flagged)
+    if flagged:
+        lines += ["", "What the flagged main runs scored all the same, beside their stand-ins (`flagged.csv`). A",
+                  "flagged run is no result and is in no table or difference above; this is the rule's price.", "",
+                  "| molecule | backbone | arm | split | lr | flag | epochs run | best epoch | test force MAE | "
+                  "stand-in lr | stand-in test force MAE |", "|---" * 11 + "|",
+                  *map(_flagged_line, flagged)]
     if curves:
         lines += ["", "## Learning curves", "", "![validation force MAE against epoch](learning_curves.png)"]
     (results_dir / "README.md").write_text("\n".join(lines) + "\n")

@@ -102,6 +102,7 @@ def test_report_names_failures_and_unrun_rows(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "| ethanol | 10.0 (1) | failed | not run |" in text  # the flagged posenc run is not a result
     assert "- ethanol egnn posenc split 1 (lr 0.001): stuck" in text
+    assert "| ethanol | egnn | posenc | 1 | 0.001 | stuck | 3 | 3 | 9.00 | - | - |" in text  # what it scored
     assert "| benzene | not run |" in text
     assert "| U0 | meV | not run | not run | not run | not run | 847.3 | 1.028e+04 | 11 | 10 | 9 | 9 |" in text
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "learning_curves.png").is_file()
@@ -152,6 +153,24 @@ def test_a_flagged_main_run_falls_back_once_to_the_next_lower_rate(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "- ethanol egnn smooth split 1 (lr 0.001): stuck" in text
     assert "- ethanol egnn smooth split 1 (lr 0.003): spike at epoch 345" in text
+
+
+def test_flagged_main_runs_are_listed_beside_their_stand_ins(tmp_path):
+    settings = {"raw": {"lr": 1e-3, "lam": 0.0}, "posenc": {"lr": 3e-3, "lam": 0.0}}
+    posenc = next(s for s in campaign.main_specs(settings, ["ethanol"]) if s.arm == "posenc")
+    _finish(tmp_path, posenc, 9.0, force=25.0, flags=("spike at epoch 281: mean training loss 2.1 > 10 x 0.01",),
+            epochs=4)
+    (row,) = campaign.flagged_main(campaign.read_runs(tmp_path))
+    assert [row[k] for k in ("molecule", "arm", "split", "lr", "flag", "epochs_run", "best_epoch", "force_mae")] == \
+        ["ethanol", "posenc", 1, 3e-3, "spike at epoch 281", 4, 4, 25.0]
+    assert np.isnan(row["standin_force_mae"]) and not row["standin_flagged"]  # its stand-in has not run yet
+    standin = campaign.fallback_spec(posenc)
+    _finish(tmp_path, standin, 8.0, force=11.0)
+    (row,) = campaign.flagged_main(campaign.read_runs(tmp_path))
+    assert (row["standin_lr"], row["standin_force_mae"]) == (1e-3, 11.0)
+    _finish(tmp_path, standin, 8.0, force=11.0, flags=("stuck at epoch 12: ...",))
+    (row,) = campaign.flagged_main(campaign.read_runs(tmp_path))  # the failed stand-in is no row of its own
+    assert row["standin_flagged"] and np.isnan(row["standin_force_mae"])
 
 
 def test_jobs_must_be_positive(tmp_path):
