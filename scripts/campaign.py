@@ -465,8 +465,8 @@ def flagged_main(runs: Sequence[Run]) -> list[dict[str, Any]]:
     a late start does not stop training, though, so most flagged runs still ran to their last epoch
     and were tested; this list reports what each scored and what its stand-in scored, so that the
     price of the rule is on the record. ``force_mae`` is NaN for a run that stopped (a non-finite
-    loss); ``standin_force_mae`` is NaN while the stand-in runs or when it failed too
-    (``standin_flagged``).
+    loss), ``standin_force_mae`` while the stand-in runs; ``standin_flagged`` says the stand-in
+    failed too (the cell then has no result: amendment 1 runs one stand-in).
     """
     standins = {(r.molecule, r.backbone, r.arm, r.split): r for r in runs if r.fallback}
     rows = []
@@ -481,7 +481,7 @@ def flagged_main(runs: Sequence[Run]) -> list[dict[str, Any]]:
                      "best_epoch": int(np.argmin(np.where(finite, curve, np.inf))) + 1 if finite.any() else 0,
                      "force_mae": run.force_mae,
                      "standin_lr": standin.lr if standin else float("nan"),
-                     "standin_force_mae": standin.force_mae if standin and not standin.flags else float("nan"),
+                     "standin_force_mae": standin.force_mae if standin else float("nan"),
                      "standin_flagged": bool(standin and standin.flags)})
     return rows
 
@@ -648,7 +648,7 @@ def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
 def _flagged_line(row: dict[str, Any]) -> str:
     """One :func:`flagged_main` row as a line of the README's markdown table."""
     standin_lr = "-" if np.isnan(row["standin_lr"]) else f"{row['standin_lr']:g}"
-    standin = "failed too" if row["standin_flagged"] else _fmt(row["standin_force_mae"], 2)
+    standin = _fmt(row["standin_force_mae"], 2) + (" (failed too)" if row["standin_flagged"] else "")
     return (f"| {row['molecule']} | {row['backbone']} | {row['arm']} | {row['split']} | {row['lr']:g} | "
             f"{row['flag']} | {row['epochs_run']} | {row['best_epoch']} | {_fmt(row['force_mae'], 2)} | "
             f"{standin_lr} | {standin} |")
