@@ -90,12 +90,14 @@ def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f", std_fmt: str 
 
 
 def qm9_cell(mean: float, std: float, n: int) -> str:
-    """A QM9 results cell over ``n`` seeds: :func:`spread_cell` to three significant figures.
+    """A QM9 results cell over ``n`` seeds: :func:`spread_cell` with the mean to three significant
+    figures and the spread to the same decimal place (``"55.0 ± 1.4 (2)"``, ``"0.153 ± 0.004 (2)"``).
 
     QM9's units span 0.1 D (μ) to 100 meV (U0, HOMO), so a fixed number of decimals would not fit
-    both; the spread gets two significant figures.
+    both.
     """
-    return spread_cell(mean, std, n, ".3g", ".2g")
+    decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if math.isfinite(mean) and mean != 0 else 2
+    return spread_cell(mean, std, n, f".{decimals}f")
 
 
 def config_summary(result: Mapping[str, Any] | None, tables: Sequence[Tables]) -> dict[str, Any]:

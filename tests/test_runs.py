@@ -79,6 +79,8 @@ def test_spread_cell_gives_a_spread_only_over_several_runs():
 
 
 def test_qm9_cell_keeps_three_figures_across_units():
-    assert qm9_cell(0.15321, 0.004127, 2) == "0.153 ± 0.0041 (2)"  # μ in D
+    assert qm9_cell(0.15321, 0.004127, 2) == "0.153 ± 0.004 (2)"  # μ in D
     assert qm9_cell(85.712, 4.3381, 2) == "85.7 ± 4.3 (2)"  # U0 in meV
+    assert qm9_cell(55.018, 1.41, 2) == "55.0 ± 1.4 (2)"  # a trailing zero is a figure too
     assert qm9_cell(141.26, 0.0, 1) == "141 (1)"
+    assert qm9_cell(0.0, 0.0, 1) == "0.00 (1)"
