@@ -70,7 +70,7 @@ def read_test_metric(run: str | os.PathLike, metric: str = "force_mae") -> float
     return math.nan if result is None else float(result["test"][metric])
 
 
-def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f", std_fmt: str | None = None) -> str:
+def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f") -> str:
     """A results-table cell over ``n`` runs (splits or seeds): ``"mean ± std (n)"``.
 
     One run has no spread, so its cell is ``"mean (1)"``.
@@ -78,14 +78,14 @@ def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f", std_fmt: str 
     Args:
       mean, std: of the runs' errors (std over runs, ignored when ``n`` is 1).
       n: how many runs the cell averages.
-      fmt, std_fmt: format specs of the mean and the spread (``std_fmt`` defaults to ``fmt``).
+      fmt: format spec of the mean and the spread (one decimal place for both by default).
 
     Raises:
       ValueError: ``n`` is below 1 (a cell of no run has no mean).
     """
     if n < 1:
         raise ValueError(f"a cell averages at least one run, got n={n}")
-    spread = f" ± {std:{std_fmt or fmt}}" if n > 1 else ""
+    spread = f" ± {std:{fmt}}" if n > 1 else ""
     return f"{mean:{fmt}}{spread} ({n})"
 
 

@@ -73,7 +73,7 @@ def test_reached_movement_averages_the_layers():
 def test_spread_cell_gives_a_spread_only_over_several_runs():
     assert spread_cell(11.2634, 0.2871, 3) == "11.3 ± 0.3 (3)"
     assert spread_cell(11.2634, 0.2871, 1) == "11.3 (1)"  # one run: no spread, whatever std says
-    assert spread_cell(0.15321, 0.004127, 2, ".3g", ".2g") == "0.153 ± 0.0041 (2)"
+    assert spread_cell(0.15321, 0.004127, 2, ".3f") == "0.153 ± 0.004 (2)"
     with pytest.raises(ValueError, match="at least one run"):
         spread_cell(1.0, 0.0, 0)
 
