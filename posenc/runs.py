@@ -94,9 +94,13 @@ def qm9_cell(mean: float, std: float, n: int) -> str:
     figures and the spread to the same decimal place (``"55.0 ± 1.4 (2)"``, ``"0.153 ± 0.004 (2)"``).
 
     QM9's units span 0.1 D (μ) to 100 meV (U0, HOMO), so a fixed number of decimals would not fit
-    both.
+    both. A spread that would round to zero there gets decimals until its first significant figure
+    shows, and the mean gets them too (``"0.1536 ± 0.0004 (2)"``): "± 0.000" would hide how close
+    the seeds are.
     """
     decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if math.isfinite(mean) and mean != 0 else 2
+    if n > 1 and math.isfinite(std) and std > 0:
+        decimals = max(decimals, -math.floor(math.log10(std)))
     return spread_cell(mean, std, n, f".{decimals}f")
 
 

@@ -633,6 +633,11 @@ def _fmt(value: float, digits: int = 1) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _fmt_sig(value: float) -> str:
+    """Two significant figures: QM9's spreads run from 1e-4 D (μ) to 10 meV."""
+    return "-" if not np.isfinite(value) else f"{value:.2g}"
+
+
 def _pair_lines(pairs: Sequence[dict[str, Any]]) -> list[str]:
     """The markdown table of :func:`paired`'s rows (none without rows)."""
     if not pairs:
@@ -753,7 +758,7 @@ def write_report(results_dir: Path = RESULTS, molecules: Sequence[str] = DEFAULT
                   "`qm9_paired.csv`):", "",
                   "| target | a - b | seeds | per seed | mean | spread | b / a | verdict |", "|---" * 8 + "|",
                   *(f"| {p['target']} | {p['a']} - {p['b']} | {p['seeds']} | {p['differences']} | {p['mean']:+.3g} | "
-                    f"{_fmt(p['spread'], 2)} | {p['ratio_b_over_a']:.2f} | {p['verdict']} |" for p in qm9_pairs)]
+                    f"{_fmt_sig(p['spread'])} | {p['ratio_b_over_a']:.2f} | {p['verdict']} |" for p in qm9_pairs)]
     failed = [r for r in [*runs, *tuning_runs] if r.flags]
     lines += ["", "## Failed (flagged) runs", ""]
     lines += [f"- {r.molecule} {r.backbone} {r.arm} split {r.split} (lr {r.lr:g}): {'; '.join(r.flags)}"

@@ -84,3 +84,9 @@ def test_qm9_cell_keeps_three_figures_across_units():
     assert qm9_cell(55.018, 1.41, 2) == "55.0 ± 1.4 (2)"  # a trailing zero is a figure too
     assert qm9_cell(141.26, 0.0, 1) == "141 (1)"
     assert qm9_cell(0.0, 0.0, 1) == "0.00 (1)"
+
+
+def test_qm9_cell_shows_a_small_spread_to_its_first_figure():
+    assert qm9_cell(0.15357, 0.00042, 2) == "0.1536 ± 0.0004 (2)"
+    assert qm9_cell(141.26, 0.31, 2) == "141.3 ± 0.3 (2)"
+    assert qm9_cell(141.26, 0.0, 2) == "141 ± 0 (2)"  # identical seeds: nothing to show
