@@ -124,6 +124,15 @@ def test_qm9_runs_share_one_recipe_and_wait_for_lambda(tmp_path):
     (tmp_path / spec.rel_dir / "result.json").write_text(json.dumps(result))
     (row,) = campaign.qm9_table(campaign.qm9_runs(tmp_path))
     assert (row["target"], row["arm"], row["n"], row["mae"], row["paper_mae"]) == ("U0", "raw", 1, 30.0, 11.0)
+    assert row["cap_ended"] == 0  # 3 of its 300 epochs: the patience ended it
+
+
+def test_cap_ended_needs_every_epoch_and_a_best_epoch_inside_the_patience():
+    config = {"epochs": 300, "stop_patience": 30}
+    ran = [{}] * 300
+    assert campaign.cap_ended({"config": config, "history": ran, "best_epoch": 271})  # still improving
+    assert not campaign.cap_ended({"config": config, "history": ran, "best_epoch": 270})  # patience ran out too
+    assert not campaign.cap_ended({"config": config, "history": ran[:250], "best_epoch": 249})
 
 
 def test_a_flagged_main_run_falls_back_once_to_the_next_lower_rate(tmp_path):
