@@ -89,19 +89,26 @@ def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f") -> str:
     return f"{mean:{fmt}}{spread} ({n})"
 
 
-def qm9_cell(mean: float, std: float, n: int) -> str:
-    """A QM9 results cell over ``n`` seeds: :func:`spread_cell` with the mean to three significant
-    figures and the spread to the same decimal place (``"55.0 ± 1.4 (2)"``, ``"0.153 ± 0.004 (2)"``).
+def qm9_fmt(mean: float, std: float, n: int) -> str:
+    """The format spec of a QM9 mean and its spread over ``n`` seeds: the mean to three significant
+    figures and the spread to the same decimal place (``".1f"`` for 55.0 ± 1.4, ``".3f"`` for
+    0.153 ± 0.004).
 
     QM9's units span 0.1 D (μ) to 100 meV (U0, HOMO), so a fixed number of decimals would not fit
-    both. A spread that would round to zero there gets decimals until its first significant figure
-    shows, and the mean gets them too (``"0.1536 ± 0.0004 (2)"``): "± 0.000" would hide how close
-    the seeds are.
+    both, and ``".3g"`` drops a trailing zero (55.0 prints as "55"). A spread that would round to
+    zero gets decimals until its first significant figure shows, and the mean gets them too
+    (``".4f"`` for 0.1536 ± 0.0004): "± 0.000" would hide how close the seeds are.
     """
     decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if math.isfinite(mean) and mean != 0 else 2
     if n > 1 and math.isfinite(std) and std > 0:
         decimals = max(decimals, -math.floor(math.log10(std)))
-    return spread_cell(mean, std, n, f".{decimals}f")
+    return f".{decimals}f"
+
+
+def qm9_cell(mean: float, std: float, n: int) -> str:
+    """A QM9 results cell over ``n`` seeds: :func:`spread_cell` formatted by :func:`qm9_fmt`
+    (``"55.0 ± 1.4 (2)"``, ``"0.1536 ± 0.0004 (2)"``)."""
+    return spread_cell(mean, std, n, qm9_fmt(mean, std, n))
 
 
 def config_summary(result: Mapping[str, Any] | None, tables: Sequence[Tables]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 
 from posenc.interpret import Tables
 from posenc.runs import (config_summary, flagged_runs, is_flagged, reached_movement, read_json, read_test_metric,
-                         qm9_cell, run_dir, spread_cell)
+                         qm9_cell, qm9_fmt, run_dir, spread_cell)
 
 
 def test_run_dir_follows_the_grid_layout(tmp_path):
@@ -90,3 +90,9 @@ def test_qm9_cell_shows_a_small_spread_to_its_first_figure():
     assert qm9_cell(0.15357, 0.00042, 2) == "0.1536 ± 0.0004 (2)"
     assert qm9_cell(141.26, 0.31, 2) == "141.3 ± 0.3 (2)"
     assert qm9_cell(141.26, 0.0, 2) == "141 ± 0 (2)"  # identical seeds: nothing to show
+
+
+def test_qm9_fmt_is_the_cells_format_for_prose():
+    assert f"{55.018:{qm9_fmt(55.018, 1.41, 3)}}" == "55.0"  # not "55", as ".3g" gives
+    assert qm9_fmt(0.15357, 0.00042, 2) == ".4f"
+    assert qm9_fmt(0.15357, 0.00042, 1) == ".3f"  # one seed: no spread to show
