@@ -4,8 +4,9 @@ Every chapter and prose page of the built site (``notebooks/*.html`` and ``book/
 ``_build/html``) is opened in headless Chromium, which this script drives over the DevTools
 protocol on a pipe (``--remote-debugging-pipe``; standard library only). For each page it checks:
 
-(a) maths: MathJax loaded, every Sphinx math element holds a typeset ``mjx-container``, and no
-    MathJax error node is left;
+(a) maths: MathJax loaded, every Sphinx math element holds a typeset ``mjx-container``, no
+    MathJax error node is left, and no prose outside code still reads ``$...$`` (maths the build
+    did not mark as maths, which no math element would show);
 (b) plots: every ``<img>`` decoded to a non-zero natural size, and every chapter has at least one;
 (c) network: the site is served from 127.0.0.1. Chromium's proxy is a local recorder that refuses
     and logs whatever reaches it, and no host name resolves. A page request to anything other than
@@ -72,6 +73,17 @@ PROBE = """(async () => {
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
   const maths = Array.from(document.querySelectorAll(".math"));
+  // Text that still reads "$...$" once MathJax is done: maths the build left as dollars (e.g. a
+  // cell's Markdown rendered as CommonMark). Code and typeset maths are not prose, so skipped.
+  const prose = document.createTreeWalker(document.querySelector("article") || document.body,
+                                          NodeFilter.SHOW_TEXT);
+  const dollars = [];
+  while (prose.nextNode()) {
+    const node = prose.currentNode;
+    if (node.parentElement.closest("pre, code, script, style, mjx-container")) { continue; }
+    const m = node.textContent.match(/\\$[^$\\n]{1,80}\\$/);
+    if (m) { dollars.push(m[0]); }
+  }
   return {
     mathjax_version: (mj && mj.version) || null,
     mathjax_error: mathjaxError,
@@ -79,6 +91,7 @@ PROBE = """(async () => {
     math_untypeset: maths.filter((m) => !m.querySelector("mjx-container")).length,
     mjx_containers: document.querySelectorAll("mjx-container").length,
     mjx_errors: document.querySelectorAll("mjx-merror").length,
+    raw_dollars: dollars,
     images: Array.from(document.querySelectorAll("img")).map((i) => (
       {src: i.getAttribute("src"), width: i.naturalWidth, height: i.naturalHeight})),
     widget_views: views,
@@ -367,6 +380,9 @@ def check_page(browser: Browser, page: str, url: str, shot: Path | None) -> Page
             result.failures.append(f"{found['math_untypeset']} of {found['math_elements']} math elements not typeset")
         if found["mjx_errors"]:
             result.failures.append(f"{found['mjx_errors']} MathJax error nodes")
+    if found["raw_dollars"]:
+        shown = ", ".join(repr(d) for d in found["raw_dollars"][:3])
+        result.failures.append(f"{len(found['raw_dollars'])} passages of maths left as dollars, not typeset: {shown}")
     result.notes.append(f"math {found['math_elements'] - found['math_untypeset']}/{found['math_elements']} typeset "
                         f"({found['mjx_containers']} mjx-container, MathJax {found['mathjax_version']})")
 
