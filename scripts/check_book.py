@@ -382,7 +382,8 @@ def check_page(browser: Browser, page: str, url: str, shot: Path | None) -> Page
             result.failures.append(f"{found['mjx_errors']} MathJax error nodes")
     if found["raw_dollars"]:
         shown = ", ".join(repr(d) for d in found["raw_dollars"][:3])
-        result.failures.append(f"{len(found['raw_dollars'])} passages of maths left as dollars, not typeset: {shown}")
+        n = len(found["raw_dollars"])
+        result.failures.append(f"{n} passage{'s' * (n > 1)} of maths left as dollars, not typeset: {shown}")
     result.notes.append(f"math {found['math_elements'] - found['math_untypeset']}/{found['math_elements']} typeset "
                         f"({found['mjx_containers']} mjx-container, MathJax {found['mathjax_version']})")
 
