@@ -182,7 +182,8 @@ def _nested_grads(f, x, table, offsets, coeffs_all, grid, order, levels, gen):
 
     Level 1 differentiates ``<out, G>`` w.r.t. (x, table); every later level differentiates a
     random quadratic function of the previous gradients w.r.t. (x, table, G), so the backward
-    of each kernel Function is exercised w.r.t. each of its inputs. Returns every intermediate.
+    of each kernel Function is exercised w.r.t. each of its inputs. Returns every intermediate as
+    ``(level, tensor)``: the encoding at level 0, then each level's gradients.
     """
     def rand_like(t):
         return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
@@ -191,12 +192,12 @@ def _nested_grads(f, x, table, offsets, coeffs_all, grid, order, levels, gen):
     table = table.clone().requires_grad_()
     out = f(x, table, offsets, coeffs_all, *grid, order)
     cotangent = rand_like(out).requires_grad_()
-    results = [out]
+    results = [(0, out)]
     scalar, wrt = (out * cotangent).sum(), [x, table]
-    for _ in range(levels):
+    for level in range(1, levels + 1):
         grads = torch.autograd.grad(scalar, wrt, create_graph=True, allow_unused=True)
         grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
-        results.extend(grads)
+        results.extend((level, g) for g in grads)
         # quadratic, so that the next level's cotangents depend on x, table and G too
         scalar = sum((g * rand_like(g)).sum() + 0.5 * (g * g).sum() for g in grads)
         wrt = [x, table, cotangent]
@@ -218,9 +219,7 @@ def _compare_all_levels(kind, dtype, n_bin, dim, n, order, levels, salt, one_bin
     for name, f in [("oracle", _oracle), ("reference", ref.interpolate)]:
         gen.set_state(state)
         want = _nested_grads(f, x, table, offsets, coeffs_all, grid, order, levels, gen)
-        for j, (g, w) in enumerate(zip(got, want)):
-            # results: the encoding (level 0), 2 gradients at level 1, then 3 per later level
-            level = 0 if j == 0 else 1 if j <= 2 else 2 + (j - 3) // 3
+        for j, ((level, g), (_, w)) in enumerate(zip(got, want)):
             _close(g.detach(), w.detach(), dtype, f"{kind} {dtype} order {order} result {j} vs {name}", level)
 
 
