@@ -85,8 +85,13 @@ def spread_cell(mean: float, std: float, n: int, fmt: str = ".1f") -> str:
     """
     if n < 1:
         raise ValueError(f"a cell averages at least one run, got n={n}")
-    spread = f" ± {std:{fmt}}" if n > 1 else ""
-    return f"{mean:{fmt}}{spread} ({n})"
+    return f"{mean_spread(mean, std, n, fmt)} ({n})"
+
+
+def mean_spread(mean: float, std: float, n: int, fmt: str = ".1f") -> str:
+    """``"mean ± std"`` over ``n`` runs, for prose that gives the count in words; ``"mean"`` alone
+    for one run, which has no spread. :func:`spread_cell` is this with the count appended."""
+    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
 def qm9_fmt(mean: float, std: float, n: int) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from posenc.interpret import Tables
 from posenc.runs import (config_summary, flagged_runs, is_flagged, reached_movement, read_json, read_test_metric,
-                         qm9_cell, qm9_fmt, run_dir, spread_cell)
+                         mean_spread, qm9_cell, qm9_fmt, run_dir, spread_cell)
 
 
 def test_run_dir_follows_the_grid_layout(tmp_path):
@@ -96,3 +96,8 @@ def test_qm9_fmt_is_the_cells_format_for_prose():
     assert f"{55.018:{qm9_fmt(55.018, 1.41, 3)}}" == "55.0"  # not "55", as ".3g" gives
     assert qm9_fmt(0.15357, 0.00042, 2) == ".4f"
     assert qm9_fmt(0.15357, 0.00042, 1) == ".3f"  # one seed: no spread to show
+
+
+def test_mean_spread_is_the_cell_without_its_count():
+    assert mean_spread(54.81, 1.12, 3, ".1f") == "54.8 ± 1.1"
+    assert mean_spread(141.26, 0.31, 1, ".1f") == "141.3"  # one run: no spread
